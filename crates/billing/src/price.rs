@@ -1,0 +1,200 @@
+//! Prices and cost computation. No binary float touches money here.
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+/// Decimal USD per million tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Price {
+    pub input: Decimal,
+    pub output: Decimal,
+    pub cached_input: Decimal,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PriceError {
+    #[error("`{0}` is not a decimal number (write prices like 2.5 or 0.15)")]
+    NotDecimal(String),
+    #[error("`{0}` is negative: prices and ratios must be zero or more")]
+    Negative(String),
+}
+
+/// Parses a non-negative decimal written in plain notation.
+pub fn parse_decimal(s: &str) -> Result<Decimal, PriceError> {
+    let d: Decimal = s
+        .trim()
+        .parse()
+        .map_err(|_| PriceError::NotDecimal(s.to_string()))?;
+    if d.is_sign_negative() && !d.is_zero() {
+        return Err(PriceError::Negative(s.to_string()));
+    }
+    Ok(d)
+}
+
+impl Price {
+    /// Builds a price from its stored text; an empty cached price means the
+    /// input price.
+    pub fn parse(input: &str, output: &str, cached_input: &str) -> Result<Price, PriceError> {
+        let input = parse_decimal(input)?;
+        let output = parse_decimal(output)?;
+        let cached_input = if cached_input.trim().is_empty() {
+            input
+        } else {
+            parse_decimal(cached_input)?
+        };
+        Ok(Price {
+            input,
+            output,
+            cached_input,
+        })
+    }
+}
+
+/// Token counts of one request. `prompt` includes `cached`, as OpenAI
+/// reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+}
+
+/// The exact cost of `usage` at `price` times the group `ratio`, in units,
+/// rounded once (half away from zero). Saturates at `i64::MAX`.
+pub fn cost_units(price: &Price, ratio: Decimal, usage: Usage) -> i64 {
+    let cached = usage.cached.min(usage.prompt);
+    let uncached = usage.prompt - cached;
+    let total = Decimal::from(uncached) * price.input
+        + Decimal::from(cached) * price.cached_input
+        + Decimal::from(usage.completion) * price.output;
+    let total = total * ratio;
+    total
+        .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        .to_i64()
+        .unwrap_or(i64::MAX)
+}
+
+/// Units for a USD amount given as decimal text, e.g. "10" or "0.25".
+pub fn usd_to_units(usd: &str) -> Result<i64, PriceError> {
+    let d: Decimal = usd
+        .trim()
+        .parse()
+        .map_err(|_| PriceError::NotDecimal(usd.to_string()))?;
+    (d * Decimal::from(1_000_000))
+        .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        .to_i64()
+        .ok_or_else(|| PriceError::NotDecimal(usd.to_string()))
+}
+
+/// Text USD for units, with six decimals ("1.250000").
+pub fn units_to_usd(units: i64) -> String {
+    let d = Decimal::new(units, 6);
+    format!("{d:.6}")
+}
+
+/// The prices a new installation starts with (USD per million tokens:
+/// input, output, cached input), editable afterwards.
+pub fn seed_prices() -> &'static [(&'static str, &'static str, &'static str, &'static str)] {
+    &[
+        ("gpt-4o", "2.5", "10", "1.25"),
+        ("gpt-4o-mini", "0.15", "0.6", "0.075"),
+        ("gpt-4.1", "2", "8", "0.5"),
+        ("gpt-4.1-mini", "0.4", "1.6", "0.1"),
+        ("gpt-4.1-nano", "0.1", "0.4", "0.025"),
+        ("o4-mini", "1.1", "4.4", "0.275"),
+        ("gpt-3.5-turbo-instruct", "1.5", "2", ""),
+        ("text-embedding-3-small", "0.02", "0", ""),
+        ("text-embedding-3-large", "0.13", "0", ""),
+        ("deepseek-chat", "0.27", "1.1", "0.07"),
+        ("deepseek-reasoner", "0.55", "2.19", "0.14"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(i: &str, o: &str, c: &str) -> Price {
+        Price::parse(i, o, c).unwrap()
+    }
+
+    #[test]
+    fn cost_is_tokens_times_price_in_units() {
+        // 1000 prompt tokens at $2.5/M = $0.0025 = 2500 units; 500 output at $10/M = 5000.
+        let u = Usage {
+            prompt: 1000,
+            completion: 500,
+            cached: 0,
+        };
+        assert_eq!(cost_units(&p("2.5", "10", ""), Decimal::ONE, u), 7500);
+    }
+
+    #[test]
+    fn cached_tokens_use_cached_price() {
+        let u = Usage {
+            prompt: 1000,
+            completion: 0,
+            cached: 400,
+        };
+        // 600 × 2.5 + 400 × 1.25 = 1500 + 500
+        assert_eq!(cost_units(&p("2.5", "10", "1.25"), Decimal::ONE, u), 2000);
+        // cached more than prompt is clamped
+        let u = Usage {
+            prompt: 10,
+            completion: 0,
+            cached: 50,
+        };
+        assert_eq!(cost_units(&p("2.5", "10", "1.25"), Decimal::ONE, u), 13);
+    }
+
+    #[test]
+    fn rounds_once_half_up() {
+        // 3 tokens × 0.15 = 0.45 → 0; 10 × 0.15 = 1.5 → 2
+        let price = p("0.15", "0.6", "");
+        let r = |n| {
+            cost_units(
+                &price,
+                Decimal::ONE,
+                Usage {
+                    prompt: n,
+                    completion: 0,
+                    cached: 0,
+                },
+            )
+        };
+        assert_eq!(r(3), 0);
+        assert_eq!(r(10), 2);
+        // rounding happens after the group ratio, not per component
+        let u = Usage {
+            prompt: 3,
+            completion: 3,
+            cached: 0,
+        };
+        // 0.45 + 1.8 = 2.25 × 1.5 = 3.375 → 3
+        assert_eq!(cost_units(&price, parse_decimal("1.5").unwrap(), u), 3);
+    }
+
+    #[test]
+    fn usd_conversion() {
+        assert_eq!(usd_to_units("10").unwrap(), 10_000_000);
+        assert_eq!(usd_to_units("0.000001").unwrap(), 1);
+        assert_eq!(units_to_usd(1_250_000), "1.250000");
+        assert_eq!(units_to_usd(-5), "-0.000005");
+        assert!(usd_to_units("ten").is_err());
+    }
+
+    #[test]
+    fn bad_prices_are_refused() {
+        assert!(matches!(
+            Price::parse("abc", "1", ""),
+            Err(PriceError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            Price::parse("-1", "1", ""),
+            Err(PriceError::Negative(_))
+        ));
+        for (_, i, o, c) in seed_prices() {
+            assert!(Price::parse(i, o, c).is_ok());
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Money: holds never let a balance go below zero under concurrency, the
+//! requests that succeeded are exactly the ones charged, failures are
+//! refunded, and every balance equals its ledger.
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use test_support::{Backend, TestApp, backends};
+
+/// Cost of the fixed request below at gpt-4o-mini's seeded price, and the
+/// reservation the gateway makes for it (body bytes + max_tokens).
+fn request() -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count to three"}], "max_tokens": 20})
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overdraw() {
+    for b in backends() {
+        let t = TestApp::spawn(b).await;
+        t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+        let body = request();
+        let (p, c) = mock_upstream::expected_usage(&body, &mock_upstream::Defaults::default());
+        let price = billing::Price::parse("0.15", "0.6", "0.075").unwrap();
+        let cost = billing::cost_units(
+            &price,
+            billing::Decimal::ONE,
+            billing::Usage {
+                prompt: p,
+                completion: c,
+                cached: 0,
+            },
+        );
+        let reserve = billing::cost_units(
+            &price,
+            billing::Decimal::ONE,
+            billing::Usage {
+                prompt: serde_json::to_vec(&body).unwrap().len() as u64,
+                completion: 20,
+                cached: 0,
+            },
+        );
+        assert!(cost > 0 && reserve >= cost);
+        // a balance that covers about 100 of these requests
+        let balance = cost * 100 + cost / 2;
+        let (uid, key) = t.user_with_key("zed", "0").await;
+        t.admin(
+            "POST",
+            &format!("/api/users/{uid}/topup"),
+            Some(json!({"units": balance})),
+        )
+        .await;
+        let results = join_all((0..200).map(|_| {
+            let t = &t;
+            let key = key.clone();
+            let body = body.clone();
+            async move {
+                let r = t.chat(&key, &body).await;
+                let s = r.status().as_u16();
+                let _ = r.bytes().await;
+                s
+            }
+        }))
+        .await;
+        let ok = results.iter().filter(|s| **s == 200).count() as i64;
+        let refused = results.iter().filter(|s| **s == 429).count() as i64;
+        assert_eq!(ok + refused, 200, "{results:?}");
+        assert!(
+            ok > 0 && ok <= 100,
+            "a balance covering 100 requests served {ok}"
+        );
+        assert!(refused >= 100);
+        let after = t.balance(uid).await;
+        assert!(after >= 0);
+        assert_eq!(
+            after,
+            balance - ok * cost,
+            "exactly the served requests are charged"
+        );
+        t.app.relay.flush().await;
+        let logs = t
+            .app
+            .store
+            .logs(&storage::LogFilter {
+                user_id: Some(uid),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(logs.iter().filter(|l| l.status == 200).count() as i64, ok);
+        assert_eq!(logs.iter().map(|l| l.cost).sum::<i64>(), ok * cost);
+        t.assert_ledger_ok().await;
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn missing_usage_is_counted_with_the_tokenizer_and_marked() {
+    for stream in [false, true] {
+        let t = TestApp::spawn(Backend::Sqlite).await;
+        t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+        let (uid, key) = t.user_with_key("yan", "1").await;
+        let r = t
+            .chat(
+                &key,
+                &json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "Tell me a story about a fox."}], "mock": {"omit_usage": true}}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+        t.app.relay.flush().await;
+        let logs = t
+            .app
+            .store
+            .logs(&storage::LogFilter {
+                user_id: Some(uid),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(logs.len(), 1);
+        let l = &logs[0];
+        assert!(l.estimated, "stream={stream}");
+        assert!(l.prompt_tokens >= 7 && l.completion_tokens >= 5, "{l:?}");
+        assert!(
+            l.cost > 0,
+            "never bill zero for tokens the upstream produced"
+        );
+        assert_eq!(t.balance(uid).await, 1_000_000 - l.cost);
+        t.assert_ledger_ok().await;
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn key_quota_accumulates_and_topups_from_another_process_apply() {
+    for b in backends() {
+        let t = TestApp::spawn(b).await;
+        t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+        let (uid, _) = t.user_with_key("kim", "0").await;
+        let k = t
+            .admin(
+                "POST",
+                "/api/keys",
+                Some(json!({"user_id": uid, "quota_limit": 1_000_000})),
+            )
+            .await;
+        let key = k["key"].as_str().unwrap().to_string();
+        let kid = k["data"]["id"].as_i64().unwrap();
+        // no balance yet
+        let r = t.chat(&key, &request()).await;
+        assert_eq!(r.status(), 429);
+        // credit through the store directly, as the CLI in another process does
+        t.app
+            .store
+            .adjust_balance(uid, 2_000_000, "topup", Some("ext-1"), "external")
+            .await
+            .unwrap();
+        // the same reference again is refused, credited once
+        assert!(
+            t.app
+                .store
+                .adjust_balance(uid, 2_000_000, "topup", Some("ext-1"), "again")
+                .await
+                .is_err()
+        );
+        let r = t.chat(&key, &request()).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "the gateway re-reads the balance before refusing"
+        );
+        let _ = r.bytes().await;
+        t.app.relay.flush().await;
+        let row = t.app.store.api_key(kid).await.unwrap();
+        let logs = t
+            .app
+            .store
+            .logs(&storage::LogFilter {
+                user_id: Some(uid),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(row.used, logs.iter().map(|l| l.cost).sum::<i64>());
+        assert!(row.used > 0);
+        assert_eq!(t.balance(uid).await, 2_000_000 - row.used);
+        t.assert_ledger_ok().await;
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn failed_upstream_calls_are_refunded_in_full() {
+    let t = TestApp::spawn(Backend::Sqlite).await;
+    t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+    let (uid, key) = t.user_with_key("lee", "1").await;
+    t.mock.set_behavior(mock_upstream::Behavior::Status(503));
+    for stream in [false, true] {
+        let r = t
+            .chat(
+                &key,
+                &json!({"model": "gpt-4o-mini", "stream": stream, "messages": []}),
+            )
+            .await;
+        assert_eq!(r.status(), 502);
+    }
+    t.mock.set_behavior(mock_upstream::Behavior::DropConnection);
+    let r = t.chat(&key, &request()).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(t.balance(uid).await, 1_000_000);
+    // the holds were released: the whole balance is available again
+    let w = t.app.relay.snapshot().users[&uid].wallet.clone();
+    assert_eq!(w.held(), 0);
+    assert_eq!(w.available(), 1_000_000);
+    t.assert_ledger_ok().await;
+    t.finish().await;
+}

@@ -1,0 +1,331 @@
+//! The OpenAI-compatible endpoints as a client sees them.
+
+use mock_upstream::Behavior;
+use serde_json::{Value, json};
+use test_support::{TestApp, backends};
+
+fn price_units(
+    prompt: u64,
+    completion: u64,
+    cached: u64,
+    input: &str,
+    output: &str,
+    cached_p: &str,
+) -> i64 {
+    let p = billing::Price::parse(input, output, cached_p).unwrap();
+    billing::cost_units(
+        &p,
+        billing::Decimal::ONE,
+        billing::Usage {
+            prompt,
+            completion,
+            cached,
+        },
+    )
+}
+
+#[tokio::test]
+async fn chat_non_stream_is_relayed_billed_and_logged() {
+    for b in backends() {
+        let t = TestApp::spawn(b).await;
+        t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+        let (uid, key) = t.user_with_key("alice", "1").await;
+        let body = json!({
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "Say hello to the tests, please."}],
+            "max_tokens": 100,
+            "some_vendor_field": {"kept": [1, 2, 3]},
+        });
+        let before = t.balance(uid).await;
+        let resp = t.chat(&key, &body).await;
+        assert_eq!(resp.status(), 200);
+        let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert!(
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .len()
+                > 5
+        );
+        // unknown fields reach the upstream untouched
+        let sent: Value = serde_json::from_slice(&t.mock.last_request().unwrap().body).unwrap();
+        assert_eq!(sent["some_vendor_field"], json!({"kept": [1, 2, 3]}));
+        assert_eq!(sent, body);
+        // the charge is exactly the upstream's usage at the seeded price
+        let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
+        let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
+        let (ep, ec) = mock_upstream::expected_usage(&body, &mock_upstream::Defaults::default());
+        assert_eq!((prompt, completion), (ep, ec));
+        let cost = price_units(prompt, completion, 0, "0.15", "0.6", "0.075");
+        assert!(cost > 0);
+        assert_eq!(t.balance(uid).await, before - cost);
+        let log = t.app.store.log_by_request_id(&rid).await.unwrap().unwrap();
+        assert_eq!(log.user_id, uid);
+        assert_eq!(log.model, "gpt-4o-mini");
+        assert_eq!(log.prompt_tokens as u64, prompt);
+        assert_eq!(log.completion_tokens as u64, completion);
+        assert_eq!(log.cost, cost);
+        assert_eq!(log.status, 200);
+        assert!(!log.is_stream && !log.estimated);
+        assert_eq!(log.client_ip, "127.0.0.1");
+        // hourly aggregate
+        let hourly = t
+            .app
+            .store
+            .hourly_usage(Some(uid), 0, i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(hourly.len(), 1);
+        assert_eq!((hourly[0].requests, hourly[0].cost), (1, cost));
+        t.assert_ledger_ok().await;
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn completions_embeddings_and_models() {
+    let t = TestApp::spawn(test_support::Backend::Sqlite).await;
+    t.add_mock_channel(
+        "mock",
+        &[
+            "gpt-3.5-turbo-instruct",
+            "text-embedding-3-small",
+            "gpt-4o-mini",
+        ],
+        0,
+    )
+    .await;
+    let (uid, key) = t.user_with_key("bob", "1").await;
+    let r = t
+        .http
+        .post(t.url("/v1/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Once upon a time", "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "text_completion");
+    let r = t
+        .http
+        .post(t.url("/v1/embeddings"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "text-embedding-3-small", "input": ["alpha", "beta"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let p = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    t.app.relay.flush().await;
+    let logs = t
+        .app
+        .store
+        .logs(&storage::LogFilter {
+            user_id: Some(uid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[0].endpoint, "embeddings");
+    assert_eq!(logs[0].cost, price_units(p, 0, 0, "0.02", "0", ""));
+
+    // models: all the user's group can reach …
+    let v: Value = t
+        .http
+        .get(t.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            "gpt-3.5-turbo-instruct",
+            "gpt-4o-mini",
+            "text-embedding-3-small"
+        ]
+    );
+    assert_eq!(v["object"], "list");
+    // … and only the allowed ones for a restricted key
+    let k = t
+        .admin(
+            "POST",
+            "/api/keys",
+            Some(json!({"user_id": uid, "allowed_models": ["gpt-4o-mini"]})),
+        )
+        .await;
+    let limited = k["key"].as_str().unwrap();
+    let v: Value = t
+        .http
+        .get(t.url("/v1/models"))
+        .bearer_auth(limited)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    let r = t
+        .http
+        .get(t.url("/v1/models/gpt-4o-mini"))
+        .bearer_auth(limited)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], "gpt-4o-mini");
+    let r = t
+        .http
+        .get(t.url("/v1/models/text-embedding-3-small"))
+        .bearer_auth(limited)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn model_mapping_and_ids_with_slashes() {
+    let t = TestApp::spawn(test_support::Backend::Sqlite).await;
+    let v = t
+        .admin(
+            "POST",
+            "/api/channels",
+            Some(json!({
+                "name": "mapped", "base_url": t.mock.base_url(), "api_keys": ["sk-1"],
+                "models": ["vendor/model-x"], "model_mapping": {"vendor/model-x": "gpt-4o-mini"},
+            })),
+        )
+        .await;
+    assert_eq!(v["data"]["key_count"], 1);
+    assert!(
+        v["data"].get("api_keys").is_none(),
+        "channel keys must never be returned"
+    );
+    t.admin(
+        "PUT",
+        "/api/prices/vendor/model-x",
+        Some(json!({"input": "1", "output": "2"})),
+    )
+    .await;
+    let (_, key) = t.user_with_key("carol", "1").await;
+    let r = t
+        .chat(
+            &key,
+            &json!({"model": "vendor/model-x", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let sent: Value = serde_json::from_slice(&t.mock.last_request().unwrap().body).unwrap();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    let r = t
+        .http
+        .get(t.url("/v1/models/vendor/model-x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn failover_to_the_next_channel_before_any_byte() {
+    let t = TestApp::spawn(test_support::Backend::Sqlite).await;
+    let bad = mock_upstream::MockUpstream::start().await.unwrap();
+    bad.set_behavior(Behavior::Status(500));
+    // the failing channel has the better priority, so it is tried first
+    t.add_channel("down", &bad.base_url(), "sk-x", &["gpt-4o-mini"], 10)
+        .await;
+    t.add_mock_channel("up", &["gpt-4o-mini"], 0).await;
+    let (uid, key) = t.user_with_key("dave", "1").await;
+    for stream in [false, true] {
+        let r = t
+            .chat(&key, &json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    assert!(bad.requests() >= 2);
+    // upstream credentials trouble is a channel failure, never the user's 401
+    t.admin("PATCH", "/api/channels/1", Some(json!({"status": 0})))
+        .await;
+    t.admin("PATCH", "/api/channels/2", Some(json!({"status": 0})))
+        .await;
+    let bad_key = mock_upstream::MockUpstream::start().await.unwrap();
+    t.add_channel(
+        "badkey",
+        &bad_key.base_url(),
+        "sk-bad-key",
+        &["gpt-4o-mini"],
+        20,
+    )
+    .await;
+    let r = t
+        .chat(
+            &key,
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 502, "upstream 401 must become a gateway error");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_gateway");
+    // failed requests cost nothing
+    t.assert_ledger_ok().await;
+    let logs = t
+        .app
+        .store
+        .logs(&storage::LogFilter {
+            user_id: Some(uid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs[0].cost, 0);
+    assert_eq!(logs[0].status, 502);
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn upstream_request_errors_are_passed_on() {
+    let t = TestApp::spawn(test_support::Backend::Sqlite).await;
+    t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+    let (uid, key) = t.user_with_key("erin", "1").await;
+    let before = t.balance(uid).await;
+    let r = t
+        .chat(
+            &key,
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "mock": {"error_code": "context_length_exceeded"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length")
+    );
+    assert!(v["error"]["request_id"].is_string());
+    assert_eq!(t.mock.requests(), 1, "a client error is not retried");
+    assert_eq!(t.balance(uid).await, before);
+    t.finish().await;
+}

@@ -1,0 +1,114 @@
+//! The storage layer on each backend.
+
+use storage::{NewUser, StorageError, Store};
+use test_support::{TestDb, backends};
+
+#[tokio::test]
+async fn storage_rules_hold_on_every_backend() {
+    for b in backends() {
+        let db = TestDb::new(b).await;
+        let s = Store::connect(&db.url).await.unwrap();
+        // migrations are idempotent
+        let s2 = Store::connect(&db.url).await.unwrap();
+        s2.close().await;
+        let u = s
+            .create_user(&NewUser {
+                username: "u1".into(),
+                password_hash: String::new(),
+                role: "user".into(),
+                group: "default".into(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.create_user(&NewUser {
+                username: "u1".into(),
+                password_hash: String::new(),
+                role: "user".into(),
+                group: "default".into()
+            })
+            .await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert_eq!(
+            s.adjust_balance(u.id, 500, "topup", Some("r1"), "")
+                .await
+                .unwrap(),
+            500
+        );
+        assert!(matches!(
+            s.adjust_balance(u.id, 500, "topup", Some("r1"), "").await,
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.adjust_balance(u.id, -600, "adjust", None, "").await,
+            Err(StorageError::InsufficientBalance)
+        ));
+        assert_eq!(
+            s.adjust_balance(u.id, -200, "adjust", None, "")
+                .await
+                .unwrap(),
+            300
+        );
+        assert!(matches!(
+            s.adjust_balance(999, 1, "topup", None, "").await,
+            Err(StorageError::NotFound(_))
+        ));
+        // settle batches aggregate per user, key and hour
+        let k = s
+            .create_api_key(&storage::NewApiKey {
+                user_id: u.id,
+                key_hash: "ab".repeat(32),
+                quota_limit: -1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let hour = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
+        let logs: Vec<storage::LogRecord> = (0..5)
+            .map(|i| storage::LogRecord {
+                request_id: format!("r{i}"),
+                user_id: u.id,
+                key_id: k.id,
+                model: "m".into(),
+                prompt_tokens: 10,
+                completion_tokens: 2,
+                cost: 7,
+                status: 200,
+                created_at: hour + i * 1000,
+                ..Default::default()
+            })
+            .collect();
+        s.settle_batch(&logs).await.unwrap();
+        let u2 = s.user(u.id).await.unwrap();
+        assert_eq!((u2.balance, u2.used, u2.request_count), (300 - 35, 35, 5));
+        assert_eq!(s.api_key(k.id).await.unwrap().used, 35);
+        let h = s.hourly_usage(Some(u.id), 0, i64::MAX).await.unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(
+            (h[0].hour, h[0].requests, h[0].prompt_tokens, h[0].cost),
+            (hour, 5, 50, 35)
+        );
+        let check = s.ledger_check().await.unwrap();
+        assert!(check.iter().all(|r| r.is_consistent()), "{check:?}");
+        // a direct tamper is detected
+        s.adjust_balance(u.id, 1, "topup", None, "").await.unwrap();
+        sqlx_tamper(&db.url, u.id).await;
+        let check = s.ledger_check().await.unwrap();
+        assert!(check.iter().any(|r| r.difference() == 5), "{check:?}");
+        s.close().await;
+        db.cleanup().await;
+    }
+}
+
+async fn sqlx_tamper(url: &str, uid: i64) {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET balance = balance + 5 WHERE id = {uid}"
+    )))
+    .await
+    .unwrap();
+    pool.close().await;
+}

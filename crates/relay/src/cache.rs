@@ -1,0 +1,334 @@
+//! The in-memory view of keys, users, channels and prices that the request
+//! path reads instead of the database. A `Snapshot` is immutable and
+//! swapped whole on change; the wallets that hold balances outlive
+//! snapshots, so a reload never loses an in-flight hold.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use accounts::IpAllowList;
+use billing::{Decimal, Price, Wallet};
+use storage::{ChannelRow, Store};
+
+pub struct KeyEntry {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub enabled: bool,
+    /// Epoch ms; 0 = never.
+    pub expires_at: i64,
+    pub allowed_models: Option<HashSet<String>>,
+    pub ips: IpAllowList,
+    /// The key's remaining quota; `None` = unlimited.
+    pub budget: Option<Arc<Wallet>>,
+}
+
+pub struct UserEntry {
+    pub id: i64,
+    pub username: String,
+    pub enabled: bool,
+    pub group: String,
+    pub ratio: Decimal,
+    pub wallet: Arc<Wallet>,
+}
+
+pub struct ChannelEntry {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    /// Without a trailing `/`, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub keys: Vec<String>,
+    next_key: AtomicUsize,
+    pub mapping: HashMap<String, String>,
+    pub priority: i64,
+    pub weight: u32,
+}
+
+impl ChannelEntry {
+    /// The next upstream key, round-robin.
+    pub fn next_key(&self) -> &str {
+        if self.keys.is_empty() {
+            return "";
+        }
+        let i = self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len();
+        &self.keys[i]
+    }
+
+    /// The model name to send upstream.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.mapping.get(model).map(String::as_str).unwrap_or(model)
+    }
+}
+
+/// Channels that serve one (group, model), best priority first.
+pub struct Tier {
+    pub priority: i64,
+    pub channels: Vec<Arc<ChannelEntry>>,
+}
+
+#[derive(Default)]
+pub struct Snapshot {
+    pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    pub users: HashMap<i64, Arc<UserEntry>>,
+    /// group → model → tiers.
+    pub routes: HashMap<String, HashMap<String, Vec<Tier>>>,
+    pub prices: HashMap<String, Price>,
+}
+
+impl Snapshot {
+    pub fn tiers(&self, group: &str, model: &str) -> Option<&[Tier]> {
+        self.routes
+            .get(group)
+            .and_then(|m| m.get(model))
+            .map(Vec::as_slice)
+    }
+
+    /// Models a group can reach, sorted.
+    pub fn models_for_group(&self, group: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .routes
+            .get(group)
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Wallets by id, kept across snapshots.
+#[derive(Default)]
+pub struct Wallets {
+    users: Mutex<HashMap<i64, Arc<Wallet>>>,
+    keys: Mutex<HashMap<i64, Arc<Wallet>>>,
+}
+
+fn wallet_for(map: &Mutex<HashMap<i64, Arc<Wallet>>>, id: i64, committed: i64) -> Arc<Wallet> {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    let w = m
+        .entry(id)
+        .or_insert_with(|| Arc::new(Wallet::new(committed)))
+        .clone();
+    w.refresh(committed);
+    w
+}
+
+impl Wallets {
+    pub fn user(&self, id: i64) -> Option<Arc<Wallet>> {
+        self.users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}
+
+fn decimal_or_one(s: &str) -> Decimal {
+    billing::parse_decimal(s).unwrap_or(Decimal::ONE)
+}
+
+fn channel_entry(c: &ChannelRow) -> ChannelEntry {
+    ChannelEntry {
+        id: c.id,
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        base_url: c.base_url.trim_end_matches('/').to_string(),
+        keys: c.api_keys.clone(),
+        next_key: AtomicUsize::new(0),
+        mapping: c
+            .model_mapping
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect(),
+        priority: c.priority,
+        weight: c.weight.clamp(0, u32::MAX as i64) as u32,
+    }
+}
+
+/// Builds a snapshot from the database. Must run on the storage writer
+/// (it refreshes wallets from committed values).
+pub async fn load(store: &Store, wallets: &Wallets) -> storage::Result<Snapshot> {
+    let groups: HashMap<String, Decimal> = store
+        .groups()
+        .await?
+        .into_iter()
+        .map(|g| (g.name, decimal_or_one(&g.ratio)))
+        .collect();
+    let mut snap = Snapshot::default();
+    for u in store.users().await? {
+        let wallet = wallet_for(&wallets.users, u.id, u.balance);
+        let ratio = groups.get(&u.group).copied().unwrap_or(Decimal::ONE);
+        snap.users.insert(
+            u.id,
+            Arc::new(UserEntry {
+                id: u.id,
+                username: u.username,
+                enabled: u.status == 1,
+                group: u.group,
+                ratio,
+                wallet,
+            }),
+        );
+    }
+    for k in store.api_keys(None).await? {
+        if k.status < 0 {
+            continue;
+        }
+        let Ok(raw) = hex::decode(&k.key_hash) else {
+            continue;
+        };
+        let Ok(digest) = <[u8; 32]>::try_from(raw.as_slice()) else {
+            continue;
+        };
+        let budget = if k.quota_limit >= 0 {
+            Some(wallet_for(&wallets.keys, k.id, k.quota_limit - k.used))
+        } else {
+            None
+        };
+        let ips = IpAllowList::parse(&k.allowed_ips).unwrap_or_default();
+        snap.keys.insert(
+            digest,
+            Arc::new(KeyEntry {
+                id: k.id,
+                user_id: k.user_id,
+                name: k.name,
+                enabled: k.status == 1,
+                expires_at: k.expires_at,
+                allowed_models: if k.allowed_models.is_empty() {
+                    None
+                } else {
+                    Some(k.allowed_models.into_iter().collect())
+                },
+                ips,
+                budget,
+            }),
+        );
+    }
+    let mut tiers: HashMap<String, HashMap<String, Vec<Tier>>> = HashMap::new();
+    for c in store.channels().await? {
+        if c.status != 1 {
+            continue;
+        }
+        let entry = Arc::new(channel_entry(&c));
+        for g in &c.groups {
+            let by_model = tiers.entry(g.clone()).or_default();
+            for m in &c.models {
+                let ts = by_model.entry(m.clone()).or_default();
+                match ts.iter_mut().find(|t| t.priority == c.priority) {
+                    Some(t) => t.channels.push(entry.clone()),
+                    None => ts.push(Tier {
+                        priority: c.priority,
+                        channels: vec![entry.clone()],
+                    }),
+                }
+            }
+        }
+    }
+    for by_model in tiers.values_mut() {
+        for ts in by_model.values_mut() {
+            ts.sort_by_key(|t| std::cmp::Reverse(t.priority));
+        }
+    }
+    snap.routes = tiers;
+    for p in store.prices().await? {
+        match Price::parse(&p.input, &p.output, &p.cached_input) {
+            Ok(price) => {
+                snap.prices.insert(p.model, price);
+            }
+            Err(e) => tracing::warn!(model = %p.model, error = %e, "ignoring unreadable price"),
+        }
+    }
+    Ok(snap)
+}
+
+/// Picks the order in which to try channels: tiers best first; inside a
+/// tier, a weighted random order without replacement.
+pub fn candidate_order(tiers: &[Tier], limit: usize) -> Vec<Arc<ChannelEntry>> {
+    use rand::Rng;
+    let mut out = Vec::with_capacity(limit.min(8));
+    let mut rng = rand::rng();
+    for t in tiers {
+        let mut pool: Vec<&Arc<ChannelEntry>> = t.channels.iter().collect();
+        while !pool.is_empty() && out.len() < limit {
+            let total: u64 = pool.iter().map(|c| u64::from(c.weight.max(1))).sum();
+            let mut r = rng.random_range(0..total);
+            let mut idx = 0;
+            for (i, c) in pool.iter().enumerate() {
+                let w = u64::from(c.weight.max(1));
+                if r < w {
+                    idx = i;
+                    break;
+                }
+                r -= w;
+            }
+            out.push(pool.swap_remove(idx).clone());
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(id: i64, priority: i64, weight: u32) -> Arc<ChannelEntry> {
+        Arc::new(ChannelEntry {
+            id,
+            name: format!("c{id}"),
+            kind: "openai".into(),
+            base_url: String::new(),
+            keys: vec!["a".into(), "b".into()],
+            next_key: AtomicUsize::new(0),
+            mapping: HashMap::new(),
+            priority,
+            weight,
+        })
+    }
+
+    #[test]
+    fn order_tries_best_tier_first_then_the_rest() {
+        let tiers = vec![
+            Tier {
+                priority: 10,
+                channels: vec![ch(1, 10, 1), ch(2, 10, 1)],
+            },
+            Tier {
+                priority: 0,
+                channels: vec![ch(3, 0, 1)],
+            },
+        ];
+        for _ in 0..20 {
+            let o = candidate_order(&tiers, 10);
+            let ids: Vec<i64> = o.iter().map(|c| c.id).collect();
+            assert_eq!(ids.len(), 3);
+            assert!(ids[..2].contains(&1) && ids[..2].contains(&2));
+            assert_eq!(ids[2], 3);
+        }
+        assert_eq!(candidate_order(&tiers, 1).len(), 1);
+    }
+
+    #[test]
+    fn weights_bias_the_first_pick() {
+        let tiers = vec![Tier {
+            priority: 0,
+            channels: vec![ch(1, 0, 9), ch(2, 0, 1)],
+        }];
+        let firsts = (0..2000)
+            .filter(|_| candidate_order(&tiers, 2)[0].id == 1)
+            .count();
+        // expected 1800; a uniform pick would give ~1000
+        assert!(firsts > 1600 && firsts < 1950, "{firsts}");
+    }
+
+    #[test]
+    fn keys_rotate() {
+        let c = ch(1, 0, 1);
+        assert_eq!(c.next_key(), "a");
+        assert_eq!(c.next_key(), "b");
+        assert_eq!(c.next_key(), "a");
+    }
+}

@@ -1,0 +1,1015 @@
+//! One relayed request from start to settle.
+//!
+//! Order of work: authenticate from the in-memory snapshot, read the few
+//! body fields that matter, reserve the upper-bound cost, try channels in
+//! order until one answers, then relay the answer and settle the real cost.
+//! No database read happens on this path; writes go to the storage writer.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use billing::{Hold, HoldError, Price, Usage, cost_units, units_to_usd};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use storage::{LogRecord, Store};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{self, ChannelEntry, KeyEntry, Snapshot, UserEntry, Wallets};
+use crate::error::{ErrorKind, RelayError};
+use crate::openai::{self, UsageCarrier};
+use crate::sse::{self, SseSplitter};
+use crate::tokens::{self, StreamCounter};
+use crate::writer::{Settled, WriteMsg, Writer};
+use crate::{RelayConfig, upstream};
+
+/// The OpenAI endpoints relayed as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    fn can_stream(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
+    }
+}
+
+pub struct Inbound {
+    pub endpoint: Endpoint,
+    /// The API key as the client sent it, without `Bearer `.
+    pub api_key: Option<String>,
+    pub client_ip: IpAddr,
+    pub body: Bytes,
+    pub request_id: String,
+}
+
+pub enum OutBody {
+    Full(Bytes),
+    /// SSE bytes, produced by a task that keeps reading the upstream even
+    /// if this receiver is dropped.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+pub struct Outbound {
+    pub status: u16,
+    pub body: OutBody,
+}
+
+#[derive(Default)]
+pub struct RelayStats {
+    /// Largest SSE buffer any stream held (bytes).
+    pub peak_stream_buffer: AtomicUsize,
+    pub streams_in_flight: AtomicUsize,
+}
+
+pub struct Relay {
+    pub cfg: RelayConfig,
+    store: Store,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    writer: mpsc::Sender<WriteMsg>,
+    client: reqwest::Client,
+    tasks: TaskTracker,
+    draining: AtomicBool,
+    pub stats: RelayStats,
+}
+
+/// What is known of a request once it is authorised, for logging and
+/// settling it.
+struct Meter {
+    request_id: String,
+    endpoint: Endpoint,
+    user: Arc<UserEntry>,
+    key: Arc<KeyEntry>,
+    model: String,
+    price: Price,
+    hold: Hold,
+    body: Bytes,
+    client_ip: IpAddr,
+    started: Instant,
+    stream: bool,
+}
+
+enum Attempt {
+    Done(Outbound),
+    /// Try the next channel.
+    Retry(RelayError),
+    /// Give this answer to the client.
+    Fatal(RelayError),
+}
+
+fn has_object_field(json: &[u8], field: &[u8]) -> bool {
+    let finder = memchr::memmem::Finder::new(field);
+    let mut pos = 0;
+    while let Some(p) = finder.find(&json[pos..]) {
+        let mut i = pos + p + field.len();
+        while i < json.len() && matches!(json[i], b' ' | b':' | b'\n' | b'\r' | b'\t') {
+            i += 1;
+        }
+        if json.get(i) == Some(&b'{') {
+            return true;
+        }
+        pos = i;
+    }
+    false
+}
+
+fn hold_error(e: HoldError) -> RelayError {
+    match e {
+        HoldError::Balance { needed, available } => RelayError::new(
+            ErrorKind::InsufficientBalance,
+            format!(
+                "Insufficient balance: this request may cost up to ${} and your available balance is ${}. \
+                 Top up your account, or send a smaller max_tokens.",
+                units_to_usd(needed),
+                units_to_usd(available.max(0))
+            ),
+        ),
+        HoldError::KeyQuota { needed, available } => RelayError::new(
+            ErrorKind::KeyQuotaExceeded,
+            format!(
+                "This API key's quota is used up: the request may cost up to ${} and the key has ${} left. \
+                 Raise the key's quota or use another key.",
+                units_to_usd(needed),
+                units_to_usd(available.max(0))
+            ),
+        ),
+    }
+}
+
+impl Relay {
+    /// Loads the snapshot, starts the storage writer and the periodic
+    /// refresh. The writer stops when the relay is dropped.
+    pub async fn start(store: Store, cfg: RelayConfig) -> Result<Arc<Relay>, RelayError> {
+        let wallets = Arc::new(Wallets::default());
+        let snap = cache::load(&store, &wallets)
+            .await
+            .map_err(|e| RelayError::new(ErrorKind::Internal, e.to_string()))?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(snap));
+        let (tx, rx) = mpsc::channel(65_536);
+        let writer = Writer {
+            store: store.clone(),
+            snapshot: snapshot.clone(),
+            wallets,
+            flush_interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
+            max_batch: cfg.flush_max_batch.max(1),
+        };
+        tokio::spawn(writer.run(rx));
+        let client = upstream::client(&cfg)
+            .map_err(|e| RelayError::new(ErrorKind::Internal, e.to_string()))?;
+        let relay = Arc::new(Relay {
+            cfg,
+            store,
+            snapshot,
+            writer: tx,
+            client,
+            tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            stats: RelayStats::default(),
+        });
+        if relay.cfg.refresh_secs > 0 {
+            let weak = Arc::downgrade(&relay);
+            let every = Duration::from_secs(relay.cfg.refresh_secs);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(r) = weak.upgrade() else { break };
+                    let _ = r.writer.send(WriteMsg::Reload(None)).await;
+                }
+            });
+        }
+        Ok(relay)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Rebuilds the in-memory snapshot after a change; returns once the new
+    /// one is in place.
+    pub async fn reload(&self) -> storage::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriteMsg::Reload(Some(tx))).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+
+    /// Returns once every request settled so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriteMsg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Refuses new requests from now on; in-flight ones finish.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.tasks.close();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Waits for running stream tasks, at most `grace`.
+    pub async fn wait_streams(&self, grace: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    /// The key and user behind an API key, or the reason to refuse it.
+    pub fn authenticate(
+        &self,
+        snap: &Snapshot,
+        api_key: Option<&str>,
+        ip: IpAddr,
+    ) -> Result<(Arc<KeyEntry>, Arc<UserEntry>), RelayError> {
+        let Some(api_key) = api_key.filter(|k| !k.is_empty()) else {
+            return Err(RelayError::new(
+                ErrorKind::InvalidKey,
+                "You didn't provide an API key. Send it in the Authorization header as `Bearer sk-…`.",
+            ));
+        };
+        let invalid = || {
+            RelayError::new(
+                ErrorKind::InvalidKey,
+                "Incorrect API key provided. Check the key, or create a new one in the dashboard.",
+            )
+        };
+        let digest = accounts::secret_digest(api_key);
+        let key = snap.keys.get(&digest).ok_or_else(invalid)?;
+        if !key.enabled {
+            return Err(RelayError::new(
+                ErrorKind::InvalidKey,
+                "This API key is disabled. Enable it or create a new one in the dashboard.",
+            ));
+        }
+        if key.expires_at > 0 && key.expires_at <= storage::now_ms() {
+            return Err(RelayError::new(
+                ErrorKind::InvalidKey,
+                "This API key has expired. Extend its expiry or create a new one.",
+            ));
+        }
+        let user = snap.users.get(&key.user_id).ok_or_else(invalid)?;
+        if !user.enabled {
+            return Err(RelayError::new(
+                ErrorKind::InvalidKey,
+                "The account that owns this API key is disabled. Contact the operator.",
+            ));
+        }
+        if !key.ips.allows(ip) {
+            return Err(RelayError::new(
+                ErrorKind::IpNotAllowed,
+                format!(
+                    "This API key may not be used from {ip}. Add the address to the key's allowed IPs."
+                ),
+            ));
+        }
+        Ok((key.clone(), user.clone()))
+    }
+
+    /// Models this key may call, sorted.
+    pub fn models_for(&self, key: &KeyEntry, user: &UserEntry) -> Vec<String> {
+        let snap = self.snapshot.load();
+        snap.models_for_group(&user.group)
+            .into_iter()
+            .filter(|m| key.allowed_models.as_ref().is_none_or(|a| a.contains(*m)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Relays one request.
+    pub async fn handle(self: &Arc<Self>, inb: Inbound) -> Result<Outbound, RelayError> {
+        let started = Instant::now();
+        if self.is_draining() {
+            return Err(RelayError::new(
+                ErrorKind::Draining,
+                "The service is restarting; retry the request.",
+            ));
+        }
+        let snap = self.snapshot.load_full();
+        let (key, user) = self.authenticate(&snap, inb.api_key.as_deref(), inb.client_ip)?;
+        if inb.body.len() > self.cfg.max_body_bytes {
+            return Err(RelayError::new(
+                ErrorKind::BodyTooLarge,
+                format!(
+                    "The request body is {} bytes; this service accepts at most {}.",
+                    inb.body.len(),
+                    self.cfg.max_body_bytes
+                ),
+            ));
+        }
+        let head =
+            openai::parse_head(&inb.body).map_err(|m| RelayError::new(ErrorKind::BadRequest, m))?;
+        let model: String = match head.model.as_deref() {
+            Some(m) if !m.is_empty() => m.to_string(),
+            _ => {
+                return Err(RelayError::new(
+                    ErrorKind::BadRequest,
+                    "You must provide a model parameter.",
+                )
+                .with_param("model"));
+            }
+        };
+        if let Some(allowed) = &key.allowed_models
+            && !allowed.contains(&model)
+        {
+            return Err(RelayError::new(
+                ErrorKind::ModelNotAllowed,
+                format!("This API key may not use the model `{model}`."),
+            )
+            .with_param("model"));
+        }
+        let Some(tiers) = snap.tiers(&user.group, &model) else {
+            return Err(RelayError::new(
+                ErrorKind::ModelNotFound,
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+            .with_param("model"));
+        };
+        let Some(price) = snap.prices.get(&model).cloned() else {
+            return Err(RelayError::new(
+                ErrorKind::ModelNotPriced,
+                format!(
+                    "The model `{model}` has no price on this service yet, so it cannot be billed. \
+                     Ask the operator to set its price."
+                ),
+            )
+            .with_param("model"));
+        };
+        let stream = inb.endpoint.can_stream() && head.stream.unwrap_or(false);
+        let client_wants_usage = head
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        let n = head.n.unwrap_or(1).clamp(1, 128);
+        let completion_bound = match inb.endpoint {
+            Endpoint::Embeddings => 0,
+            Endpoint::Completions => head.max_tokens.unwrap_or(16),
+            Endpoint::ChatCompletions => head
+                .max_completion_tokens
+                .or(head.max_tokens)
+                .unwrap_or(self.cfg.default_max_tokens),
+        }
+        .saturating_mul(n);
+        drop(head);
+        // Every token is at least one byte, so the body length bounds the prompt.
+        let estimate = cost_units(
+            &price,
+            user.ratio,
+            Usage {
+                prompt: inb.body.len() as u64,
+                completion: completion_bound,
+                cached: 0,
+            },
+        );
+        let hold = self.reserve(&user, &key, estimate).await?;
+        let candidates = cache::candidate_order(tiers, self.cfg.retries as usize + 1);
+        drop(snap);
+        let mut meter = Meter {
+            request_id: inb.request_id,
+            endpoint: inb.endpoint,
+            user,
+            key,
+            model,
+            price,
+            hold,
+            body: inb.body,
+            client_ip: inb.client_ip,
+            started,
+            stream,
+        };
+        let mut last: Option<RelayError> = None;
+        let mut last_channel = 0;
+        for ch in candidates {
+            last_channel = ch.id;
+            match self.attempt(&ch, &mut meter, client_wants_usage).await {
+                Attempt::Done(out) => return Ok(out),
+                Attempt::Retry(e) => {
+                    tracing::warn!(request_id = %meter.request_id, channel = ch.id, error = %e.message, "upstream attempt failed");
+                    last = Some(e);
+                }
+                Attempt::Fatal(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = last.unwrap_or_else(|| {
+            RelayError::new(
+                ErrorKind::NoChannel,
+                "No upstream channel is available for this model.",
+            )
+        });
+        self.log_failure(meter, last_channel, &err).await;
+        Err(err)
+    }
+
+    async fn reserve(
+        &self,
+        user: &Arc<UserEntry>,
+        key: &Arc<KeyEntry>,
+        estimate: i64,
+    ) -> Result<Hold, RelayError> {
+        match Hold::reserve(&user.wallet, key.budget.as_ref(), estimate) {
+            Ok(h) => Ok(h),
+            Err(HoldError::Balance { .. }) => {
+                // Another process (the CLI, a payment) may have credited the
+                // balance: read it once before refusing.
+                let (tx, rx) = oneshot::channel();
+                if self
+                    .writer
+                    .send(WriteMsg::RefreshUser(user.id, tx))
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+                }
+                Hold::reserve(&user.wallet, key.budget.as_ref(), estimate).map_err(hold_error)
+            }
+            Err(e) => Err(hold_error(e)),
+        }
+    }
+
+    async fn attempt(
+        self: &Arc<Self>,
+        ch: &Arc<ChannelEntry>,
+        meter: &mut Meter,
+        client_wants_usage: bool,
+    ) -> Attempt {
+        let upstream_model = ch.upstream_model(&meter.model).to_string();
+        let rename = (upstream_model != meter.model).then_some(upstream_model.as_str());
+        let inject = meter.stream && !client_wants_usage;
+        let body = if rename.is_some() || inject {
+            match openai::rewrite_body(&meter.body, rename, inject) {
+                Ok(b) => Bytes::from(b),
+                Err(e) => return Attempt::Fatal(RelayError::new(ErrorKind::BadRequest, e)),
+            }
+        } else {
+            meter.body.clone()
+        };
+        let url = format!("{}{}", ch.base_url, meter.endpoint.path());
+        let first_byte = Duration::from_secs(self.cfg.first_byte_timeout_secs);
+        let send = self
+            .client
+            .post(url)
+            .bearer_auth(ch.next_key())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send();
+        let resp = match tokio::time::timeout(first_byte, send).await {
+            Err(_) => {
+                return Attempt::Retry(RelayError::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!(
+                        "The upstream did not answer within {}s.",
+                        first_byte.as_secs()
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                return Attempt::Retry(RelayError::new(
+                    if e.is_timeout() {
+                        ErrorKind::UpstreamTimeout
+                    } else {
+                        ErrorKind::UpstreamFailed
+                    },
+                    format!("The upstream could not be reached ({}).", error_chain(&e)),
+                ));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+            return classify_upstream_error(status, body);
+        }
+        let is_sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        if meter.stream && is_sse {
+            return self
+                .start_stream(ch, meter, resp, upstream_model, client_wants_usage)
+                .await;
+        }
+        let body =
+            match tokio::time::timeout(first_byte, read_capped(resp, self.cfg.max_response_bytes))
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return Attempt::Retry(e),
+                Err(_) => {
+                    return Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamTimeout,
+                        "The upstream stopped sending its answer.",
+                    ));
+                }
+            };
+        let usage = serde_json::from_slice::<UsageCarrier>(&body)
+            .ok()
+            .and_then(|c| c.usage)
+            .map(openai::usage_of);
+        let mut counter = None;
+        if usage.is_none() {
+            let mut c = StreamCounter::default();
+            let mut raw = Vec::new();
+            sse::collect_strings(&body, b"\"content\"", &mut raw);
+            sse::collect_strings(&body, b"\"text\"", &mut raw);
+            sse::collect_strings(&body, b"\"arguments\"", &mut raw);
+            c.push(&raw);
+            counter = Some(c);
+        }
+        let meter = take_meter(meter);
+        let ttft = meter.started.elapsed();
+        self.settle(
+            meter,
+            ch.id,
+            upstream_model,
+            usage,
+            counter,
+            status,
+            String::new(),
+            ttft,
+        )
+        .await;
+        Attempt::Done(Outbound {
+            status,
+            body: OutBody::Full(body),
+        })
+    }
+
+    async fn start_stream(
+        self: &Arc<Self>,
+        ch: &Arc<ChannelEntry>,
+        meter: &mut Meter,
+        resp: reqwest::Response,
+        upstream_model: String,
+        client_wants_usage: bool,
+    ) -> Attempt {
+        let status = resp.status().as_u16();
+        let mut upstream = resp.bytes_stream();
+        let mut split = SseSplitter::new(self.cfg.max_event_bytes);
+        let first_byte = Duration::from_secs(self.cfg.first_byte_timeout_secs);
+        let deadline = tokio::time::Instant::now() + first_byte;
+        // Read up to the first complete event before answering, so that an
+        // upstream failure is still a real HTTP error and another channel
+        // can be tried.
+        let first = loop {
+            match split.next_event() {
+                Ok(Some(ev)) => break ev,
+                Ok(None) => {}
+                Err(_) => {
+                    return Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamFailed,
+                        "The upstream sent an oversized stream event.",
+                    ));
+                }
+            }
+            match tokio::time::timeout_at(deadline, upstream.next()).await {
+                Err(_) => {
+                    return Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamTimeout,
+                        "The upstream stream sent nothing in time.",
+                    ));
+                }
+                Ok(None) => {
+                    return Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamFailed,
+                        "The upstream closed the stream before its first event.",
+                    ));
+                }
+                Ok(Some(Err(e))) => {
+                    return Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamFailed,
+                        format!("The upstream stream failed ({}).", error_chain(&e)),
+                    ));
+                }
+                Ok(Some(Ok(chunk))) => split.push(&chunk),
+            }
+        };
+        let data = sse::event_data(&first);
+        if data.starts_with(b"{\"error\"") {
+            return classify_upstream_error(502, Bytes::copy_from_slice(&data));
+        }
+        let (tx, rx) = mpsc::channel(self.cfg.stream_buffer_chunks.max(1));
+        let meter = take_meter(meter);
+        let relay = self.clone();
+        let channel_id = ch.id;
+        self.stats.streams_in_flight.fetch_add(1, Ordering::Relaxed);
+        let pump = StreamPump {
+            relay: relay.clone(),
+            tx,
+            client_gone: false,
+            client_wants_usage,
+            usage: None,
+            counter: StreamCounter::default(),
+            ttft: None,
+            done: false,
+        };
+        self.tasks.spawn(async move {
+            pump.run(
+                meter,
+                channel_id,
+                upstream_model,
+                first,
+                split,
+                upstream,
+                status,
+            )
+            .await;
+            relay
+                .stats
+                .streams_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+        Attempt::Done(Outbound {
+            status,
+            body: OutBody::Stream(rx),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        meter: Meter,
+        channel_id: i64,
+        upstream_model: String,
+        usage: Option<Usage>,
+        counter: Option<StreamCounter>,
+        status: u16,
+        error: String,
+        ttft: Duration,
+    ) {
+        let (usage, estimated) = match usage {
+            Some(u) => (u, false),
+            None => {
+                let (text, messages) = openai::prompt_text(&meter.body);
+                let prompt = tokens::count(&text) + 3 * messages + if messages > 0 { 3 } else { 0 };
+                let completion = counter.map(StreamCounter::finish).unwrap_or(0);
+                (
+                    Usage {
+                        prompt,
+                        completion,
+                        cached: 0,
+                    },
+                    true,
+                )
+            }
+        };
+        let cost = cost_units(&meter.price, meter.user.ratio, usage);
+        let log = LogRecord {
+            id: 0,
+            request_id: meter.request_id,
+            user_id: meter.user.id,
+            key_id: meter.key.id,
+            channel_id,
+            endpoint: meter.endpoint.name().to_string(),
+            model: meter.model,
+            upstream_model,
+            prompt_tokens: usage.prompt as i64,
+            completion_tokens: usage.completion as i64,
+            cached_tokens: usage.cached as i64,
+            cost,
+            latency_ms: meter.started.elapsed().as_millis() as i64,
+            ttft_ms: ttft.as_millis() as i64,
+            is_stream: meter.stream,
+            status: i64::from(status),
+            estimated,
+            client_ip: meter.client_ip.to_string(),
+            error,
+            created_at: storage::now_ms(),
+        };
+        let user = meter.hold.user_wallet().clone();
+        let key = meter.hold.key_wallet().cloned();
+        meter.hold.settle(cost);
+        let _ = self
+            .writer
+            .send(WriteMsg::Settled(Box::new(Settled { log, user, key })))
+            .await;
+    }
+
+    /// A request that reached no upstream answer: refunded (the hold is
+    /// dropped) and logged with its error.
+    async fn log_failure(&self, meter: Meter, channel_id: i64, err: &RelayError) {
+        let log = LogRecord {
+            request_id: meter.request_id,
+            user_id: meter.user.id,
+            key_id: meter.key.id,
+            channel_id,
+            endpoint: meter.endpoint.name().to_string(),
+            model: meter.model,
+            latency_ms: meter.started.elapsed().as_millis() as i64,
+            is_stream: meter.stream,
+            status: i64::from(err.status()),
+            client_ip: meter.client_ip.to_string(),
+            error: err.message.clone(),
+            created_at: storage::now_ms(),
+            ..LogRecord::default()
+        };
+        let user = meter.hold.user_wallet().clone();
+        let key = meter.hold.key_wallet().cloned();
+        drop(meter.hold);
+        let _ = self
+            .writer
+            .send(WriteMsg::Settled(Box::new(Settled { log, user, key })))
+            .await;
+    }
+}
+
+/// Moves the meter out of an attempt that succeeded (the caller returns at
+/// once), leaving an inert one behind.
+fn take_meter(m: &mut Meter) -> Meter {
+    let placeholder = Meter {
+        request_id: String::new(),
+        endpoint: m.endpoint,
+        user: m.user.clone(),
+        key: m.key.clone(),
+        model: String::new(),
+        price: m.price.clone(),
+        hold: Hold::empty(&m.user.wallet),
+        body: Bytes::new(),
+        client_ip: m.client_ip,
+        started: m.started,
+        stream: m.stream,
+    };
+    std::mem::replace(m, placeholder)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Bytes, RelayError> {
+    let mut out = bytes::BytesMut::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| {
+            RelayError::new(
+                ErrorKind::UpstreamFailed,
+                format!("Reading the upstream answer failed ({}).", error_chain(&e)),
+            )
+        })?;
+        if out.len() + chunk.len() > cap {
+            return Err(RelayError::new(
+                ErrorKind::UpstreamFailed,
+                format!("The upstream answer is larger than {cap} bytes."),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// Decides what an upstream error means for the client: the channel's own
+/// trouble (authentication, quota, rate limits, outages) is retried on
+/// another channel and never shown as if the client's key were bad; a
+/// refusal of the request itself is passed on.
+fn classify_upstream_error(status: u16, body: Bytes) -> Attempt {
+    let text = String::from_utf8_lossy(&body);
+    let summary: String = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    match status {
+        429 if text.contains("insufficient_quota") => Attempt::Retry(RelayError::new(
+            ErrorKind::UpstreamFailed,
+            "The upstream channel has run out of credit.",
+        )),
+        429 => Attempt::Retry(RelayError::new(
+            ErrorKind::UpstreamRateLimited,
+            "The upstream is rate limiting requests; retry shortly.",
+        )),
+        401 | 403 => Attempt::Retry(RelayError::new(
+            ErrorKind::UpstreamFailed,
+            format!("The upstream channel refused its credentials (HTTP {status})."),
+        )),
+        404 | 408 | 409 => Attempt::Retry(RelayError::new(
+            ErrorKind::UpstreamFailed,
+            format!("The upstream answered HTTP {status}: {summary}"),
+        )),
+        400..=499 => {
+            let mut e = RelayError::new(ErrorKind::UpstreamClient, summary);
+            e.upstream = Some((status, body));
+            Attempt::Fatal(e)
+        }
+        _ => Attempt::Retry(RelayError::new(
+            ErrorKind::UpstreamFailed,
+            format!("The upstream failed with HTTP {status}: {summary}"),
+        )),
+    }
+}
+
+/// Relays one stream after its first event, and settles it.
+struct StreamPump {
+    relay: Arc<Relay>,
+    tx: mpsc::Sender<Bytes>,
+    client_gone: bool,
+    client_wants_usage: bool,
+    usage: Option<Usage>,
+    counter: StreamCounter,
+    ttft: Option<Duration>,
+    done: bool,
+}
+
+impl StreamPump {
+    /// What to forward of one upstream event (None = drop it).
+    fn event(&mut self, ev: Bytes, started: Instant) -> Option<Bytes> {
+        let data = sse::event_data(&ev);
+        if &*data == b"[DONE]" {
+            self.done = true;
+            return Some(ev);
+        }
+        if data.is_empty() {
+            return Some(ev);
+        }
+        if has_object_field(&data, b"\"usage\"")
+            && let Ok(c) = serde_json::from_slice::<UsageCarrier>(&data)
+            && let Some(u) = c.usage
+        {
+            self.usage = Some(openai::usage_of(u));
+            if !self.client_wants_usage && c.choices.as_ref().is_some_and(Vec::is_empty) {
+                return None;
+            }
+            return Some(ev);
+        }
+        if self.usage.is_none() {
+            let mut raw = Vec::new();
+            sse::collect_strings(&data, b"\"content\"", &mut raw);
+            sse::collect_strings(&data, b"\"text\"", &mut raw);
+            sse::collect_strings(&data, b"\"arguments\"", &mut raw);
+            if !raw.is_empty() {
+                if self.ttft.is_none() {
+                    self.ttft = Some(started.elapsed());
+                }
+                self.counter.push(&raw);
+            }
+        }
+        Some(ev)
+    }
+
+    async fn send(&mut self, b: Bytes, idle: Duration) {
+        if self.client_gone {
+            return;
+        }
+        match tokio::time::timeout(idle, self.tx.send(b)).await {
+            Ok(Ok(())) => {}
+            _ => self.client_gone = true,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        mut self,
+        meter: Meter,
+        channel_id: i64,
+        upstream_model: String,
+        first: Bytes,
+        mut split: SseSplitter,
+        mut upstream: impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin,
+        status: u16,
+    ) {
+        let cfg = &self.relay.cfg;
+        let idle = Duration::from_secs(cfg.stream_idle_timeout_secs.max(1));
+        let keepalive = Duration::from_secs(cfg.keepalive_secs);
+        let drain = Duration::from_secs(cfg.drain_timeout_secs);
+        let started = meter.started;
+        let mut error = String::new();
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        if let Some(b) = self.event(first, started) {
+            self.send(b, idle).await;
+        }
+        'outer: loop {
+            loop {
+                match split.next_event() {
+                    Ok(Some(ev)) => {
+                        if let Some(b) = self.event(ev, started) {
+                            self.send(b, idle).await;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        error = "The upstream sent an oversized stream event.".into();
+                        break 'outer;
+                    }
+                }
+            }
+            if self.done {
+                break;
+            }
+            if self.client_gone && drain_deadline.is_none() {
+                drain_deadline = Some(tokio::time::Instant::now() + drain);
+                tracing::info!(request_id = %meter.request_id, "client went away; reading the upstream to the end to bill it");
+            }
+            let silence_start = tokio::time::Instant::now();
+            let next = loop {
+                let mut wait = idle.saturating_sub(silence_start.elapsed());
+                if !keepalive.is_zero() && !self.client_gone {
+                    wait = wait.min(keepalive);
+                }
+                if let Some(d) = drain_deadline {
+                    wait = wait.min(d.saturating_duration_since(tokio::time::Instant::now()));
+                }
+                match tokio::time::timeout(wait, upstream.next()).await {
+                    Ok(n) => break n,
+                    Err(_) => {
+                        if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                            error = "Stopped reading the upstream after the client left.".into();
+                            break 'outer;
+                        }
+                        if silence_start.elapsed() >= idle {
+                            error = "The upstream stream went silent.".into();
+                            break 'outer;
+                        }
+                        self.send(Bytes::from_static(b": keep-alive\n\n"), idle)
+                            .await;
+                    }
+                }
+            };
+            match next {
+                None => {
+                    error = "The upstream closed the stream before it finished.".into();
+                    break;
+                }
+                Some(Err(e)) => {
+                    error = format!("The upstream stream failed ({}).", error_chain(&e));
+                    break;
+                }
+                Some(Ok(chunk)) => {
+                    split.push(&chunk);
+                    self.relay
+                        .stats
+                        .peak_stream_buffer
+                        .fetch_max(split.buffered(), Ordering::Relaxed);
+                }
+            }
+        }
+        if !self.done && !self.client_gone {
+            let e = RelayError::new(ErrorKind::UpstreamFailed, error.clone());
+            let mut msg = b"data: ".to_vec();
+            msg.extend_from_slice(&e.openai_body(&meter.request_id));
+            msg.extend_from_slice(b"\n\n");
+            self.send(Bytes::from(msg), idle).await;
+        }
+        drop(upstream);
+        let ttft = self.ttft.unwrap_or_else(|| started.elapsed());
+        let counter = std::mem::take(&mut self.counter);
+        let usage = self.usage;
+        let relay = self.relay.clone();
+        drop(self);
+        relay
+            .settle(
+                meter,
+                channel_id,
+                upstream_model,
+                usage,
+                Some(counter),
+                status,
+                error,
+                ttft,
+            )
+            .await;
+    }
+}

@@ -1,0 +1,224 @@
+//! The OpenAI-compatible endpoints: handlers extract the key, client
+//! address and body, call the relay, and render its answer or its error in
+//! OpenAI's shape with the request id.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use relay::{Endpoint, ErrorKind, Inbound, OutBody, RelayError};
+
+use crate::{AppState, request_id};
+
+/// The API key from `Authorization: Bearer …` (or `x-api-key`).
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        let key = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v);
+        return Some(key.trim().to_string());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+}
+
+fn with_request_id(mut resp: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Renders a relay error as OpenAI does.
+pub fn error_response(e: &RelayError, id: &str) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        e.openai_body(id),
+    )
+        .into_response();
+    if !e.should_retry() {
+        resp.headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+    }
+    if e.kind == ErrorKind::InvalidKey {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if e.status() >= 500 {
+        tracing::warn!(request_id = id, status = e.status(), error = %e.message, "request failed");
+    }
+    with_request_id(resp, id)
+}
+
+async fn relay_endpoint(
+    state: AppState,
+    endpoint: Endpoint,
+    peer: SocketAddr,
+    req: Request,
+) -> Response {
+    let id = request_id();
+    let (parts, body) = req.into_parts();
+    let limit = state.relay.cfg.max_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = RelayError::new(
+                ErrorKind::BodyTooLarge,
+                format!(
+                    "The request body is larger than this service accepts ({limit} bytes), or it could not be read."
+                ),
+            );
+            return error_response(&e, &id);
+        }
+    };
+    let inb = Inbound {
+        endpoint,
+        api_key: api_key(&parts.headers),
+        client_ip: state.cfg.proxies.client_ip(peer.ip(), &parts.headers),
+        body,
+        request_id: id.clone(),
+    };
+    match state.relay.handle(inb).await {
+        Ok(out) => {
+            let status = StatusCode::from_u16(out.status).unwrap_or(StatusCode::OK);
+            let resp = match out.body {
+                OutBody::Full(b) => {
+                    (status, [(header::CONTENT_TYPE, "application/json")], b).into_response()
+                }
+                OutBody::Stream(rx) => {
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+                    });
+                    (
+                        status,
+                        [
+                            (header::CONTENT_TYPE, "text/event-stream"),
+                            (header::CACHE_CONTROL, "no-cache"),
+                            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+                        ],
+                        Body::from_stream(stream),
+                    )
+                        .into_response()
+                }
+            };
+            with_request_id(resp, &id)
+        }
+        Err(e) => error_response(&e, &id),
+    }
+}
+
+pub async fn chat_completions(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::ChatCompletions, peer, req).await
+}
+
+pub async fn completions(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::Completions, peer, req).await
+}
+
+pub async fn embeddings(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::Embeddings, peer, req).await
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "gpt-api-proxy"})
+}
+
+pub async fn list_models(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let id = request_id();
+    let snap = s.relay.snapshot();
+    let ip = s.cfg.proxies.client_ip(peer.ip(), &headers);
+    match s
+        .relay
+        .authenticate(&snap, api_key(&headers).as_deref(), ip)
+    {
+        Ok((key, user)) => {
+            let data: Vec<_> = s
+                .relay
+                .models_for(&key, &user)
+                .iter()
+                .map(|m| model_object(m))
+                .collect();
+            with_request_id(
+                axum::Json(serde_json::json!({"object": "list", "data": data})).into_response(),
+                &id,
+            )
+        }
+        Err(e) => error_response(&e, &id),
+    }
+}
+
+pub async fn get_model(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let id = request_id();
+    let snap = s.relay.snapshot();
+    let ip = s.cfg.proxies.client_ip(peer.ip(), &headers);
+    match s
+        .relay
+        .authenticate(&snap, api_key(&headers).as_deref(), ip)
+    {
+        Ok((key, user)) => {
+            if s.relay.models_for(&key, &user).contains(&model) {
+                with_request_id(axum::Json(model_object(&model)).into_response(), &id)
+            } else {
+                let e = RelayError::new(
+                    ErrorKind::ModelNotFound,
+                    format!("The model `{model}` does not exist or you do not have access to it."),
+                )
+                .with_param("model");
+                error_response(&e, &id)
+            }
+        }
+        Err(e) => error_response(&e, &id),
+    }
+}
+
+pub async fn not_found(req: Request) -> Response {
+    let id = request_id();
+    let path = req.uri().path().to_string();
+    if path.starts_with("/api/") {
+        return crate::api::ApiError::not_found(format!("No management endpoint at {path}."))
+            .into_response();
+    }
+    let e = RelayError::new(
+        ErrorKind::BadRequest,
+        format!(
+            "Invalid URL ({} {path}). See the user guide for the supported endpoints.",
+            req.method()
+        ),
+    );
+    let mut r = error_response(&e, &id);
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
