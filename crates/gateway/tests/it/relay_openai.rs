@@ -329,3 +329,125 @@ async fn upstream_request_errors_are_passed_on() {
     assert_eq!(t.balance(uid).await, before);
     t.finish().await;
 }
+
+#[tokio::test]
+async fn rate_limits_timeouts_and_key_rotation() {
+    let t = TestApp::spawn_with(test_support::Backend::Sqlite, |c| {
+        c.relay.first_byte_timeout_secs = 1
+    })
+    .await;
+    let limited = mock_upstream::MockUpstream::start().await.unwrap();
+    limited.set_behavior(Behavior::RateLimited);
+    let broke = mock_upstream::MockUpstream::start().await.unwrap();
+    broke.set_behavior(Behavior::InsufficientQuota);
+    t.add_channel("limited", &limited.base_url(), "sk-a", &["gpt-4o-mini"], 20)
+        .await;
+    t.add_channel("broke", &broke.base_url(), "sk-b", &["gpt-4o-mini"], 10)
+        .await;
+    // the working channel has two keys, used in turn
+    t.admin(
+        "POST",
+        "/api/channels",
+        Some(json!({"name": "good", "base_url": t.mock.base_url(), "api_keys": ["sk-one", "sk-two"], "models": ["gpt-4o-mini"]})),
+    )
+    .await;
+    let (_, key) = t.user_with_key("rita", "1").await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let mut used_keys = Vec::new();
+    for _ in 0..2 {
+        let r = t.chat(&key, &body).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "an upstream 429 (rate limit or no credit) fails over"
+        );
+        used_keys.push(
+            t.mock
+                .last_request()
+                .unwrap()
+                .header("authorization")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    used_keys.sort();
+    assert_eq!(used_keys, vec!["Bearer sk-one", "Bearer sk-two"]);
+    assert_eq!(limited.requests(), 2);
+    assert_eq!(broke.requests(), 2);
+    // only rate-limited channels left: 429 that the SDK may retry
+    t.admin("PATCH", "/api/channels/2", Some(json!({"status": 0})))
+        .await;
+    t.admin("PATCH", "/api/channels/3", Some(json!({"status": 0})))
+        .await;
+    let r = t.chat(&key, &body).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("x-should-retry").is_none());
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    // a slow upstream: 504 after the first-byte timeout
+    limited.set_behavior(Behavior::Delay(3000));
+    let r = t.chat(&key, &body).await;
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    t.assert_ledger_ok().await;
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn odd_inputs_get_clear_errors_and_never_break_the_server() {
+    let t = TestApp::spawn(test_support::Backend::Sqlite).await;
+    t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+    let (uid, key) = t.user_with_key("odd", "1").await;
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        b"\xff\xfe\x00garbage".to_vec(),
+        br#"{"model": 5}"#.to_vec(),
+        br#"{"model": "gpt-4o-mini", "stream": "yes"}"#.to_vec(),
+        br#"{"model": "gpt-4o-mini", "max_tokens": -1}"#.to_vec(),
+        br#"{"model": "gpt-4o-mini", "n": 1e400}"#.to_vec(),
+        br#"{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]"#.to_vec(),
+        "{\"model\": \"\u{1F600}\"}".as_bytes().to_vec(),
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+    ];
+    for b in bodies {
+        let r = t
+            .http
+            .post(t.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        assert!(
+            s == 400 || s == 404,
+            "{s} for {:?}",
+            String::from_utf8_lossy(&b[..b.len().min(40)])
+        );
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].is_string());
+    }
+    // an absurd max_tokens is refused as unaffordable, not overflowed
+    let r = t
+        .chat(
+            &key,
+            &json!({"model": "gpt-4o-mini", "messages": [], "max_tokens": u64::MAX, "n": 128}),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    // and the service still works
+    let r = t
+        .chat(
+            &key,
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(t.mock.requests(), 1);
+    assert!(t.balance(uid).await < 1_000_000);
+    t.finish().await;
+}
