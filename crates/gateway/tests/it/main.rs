@@ -12,6 +12,7 @@
 mod billing_exact;
 mod cli;
 mod errors;
+mod python_sdk;
 mod relay_openai;
 mod storage_suite;
 mod streams;
