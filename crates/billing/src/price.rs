@@ -107,6 +107,12 @@ pub fn seed_prices() -> &'static [(&'static str, &'static str, &'static str, &'s
         ("text-embedding-3-large", "0.13", "0", ""),
         ("deepseek-chat", "0.27", "1.1", "0.07"),
         ("deepseek-reasoner", "0.55", "2.19", "0.14"),
+        ("claude-sonnet-4-5", "3", "15", "0.3"),
+        ("claude-haiku-4-5", "1", "5", "0.1"),
+        ("claude-opus-4-1", "15", "75", "1.5"),
+        ("gemini-2.5-pro", "1.25", "10", "0.31"),
+        ("gemini-2.5-flash", "0.3", "2.5", "0.075"),
+        ("gemini-2.0-flash", "0.1", "0.4", "0.025"),
     ]
 }
 

@@ -1,19 +1,49 @@
-//! OpenAI-shaped error responses:
-//! `{"error":{"message":"...","type":"...","param":null,"code":"..."}}`.
+//! Error responses in each provider's shape ([`Dialect`]). The OpenAI constructors live
+//! here; the Anthropic and Gemini ones in their modules.
+//!
+//! - OpenAI: `{"error":{"message":"...","type":"...","param":null,"code":"..."}}`
+//! - Anthropic: `{"type":"error","error":{"type":"...","message":"..."}}`
+//! - Gemini: `{"error":{"code":400,"message":"...","status":"INVALID_ARGUMENT"}}`, plus
+//!   `details:[ErrorInfo]` when a `reason` (stored in `code`) is set.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::wire::{push_json_opt, push_json_str};
+use crate::wire::{push_json_opt, push_json_str, push_u64};
+
+/// Which provider's wire format an endpoint speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    #[default]
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl Dialect {
+    /// The dialect of the endpoint at `path`.
+    pub fn of_path(path: &str) -> Dialect {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
+        } else if path == "/v1beta" || path.starts_with("/v1beta/") {
+            Dialect::Gemini
+        } else {
+            Dialect::OpenAi
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ApiError {
     pub status: u16,
     pub message: String,
+    /// OpenAI `type`, Anthropic `error.type`, Gemini `status` (e.g. `INVALID_ARGUMENT`).
     pub kind: &'static str,
     pub param: Option<String>,
+    /// OpenAI `code`; Gemini `ErrorInfo.reason` (e.g. `API_KEY_INVALID`); unused by Anthropic.
     pub code: Option<String>,
     pub retry_after: bool,
+    pub dialect: Dialect,
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
@@ -28,7 +58,18 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: false,
+            dialect: Dialect::OpenAi,
         }
+    }
+
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    pub fn with_retry_after(mut self) -> Self {
+        self.retry_after = true;
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -46,6 +87,43 @@ impl ApiError {
     }
 
     pub fn body(&self) -> String {
+        match self.dialect {
+            Dialect::OpenAi => self.openai_body(),
+            Dialect::Anthropic => self.anthropic_body(),
+            Dialect::Gemini => self.gemini_body(),
+        }
+    }
+
+    fn anthropic_body(&self) -> String {
+        let mut b = String::with_capacity(64 + self.message.len());
+        b.push_str(r#"{"type":"error","error":{"type":"#);
+        push_json_str(&mut b, self.kind);
+        b.push_str(r#","message":"#);
+        push_json_str(&mut b, &self.message);
+        b.push_str("}}");
+        b
+    }
+
+    fn gemini_body(&self) -> String {
+        let mut b = String::with_capacity(200 + self.message.len());
+        b.push_str(r#"{"error":{"code":"#);
+        push_u64(&mut b, u64::from(self.status));
+        b.push_str(r#","message":"#);
+        push_json_str(&mut b, &self.message);
+        b.push_str(r#","status":"#);
+        push_json_str(&mut b, self.kind);
+        if let Some(reason) = &self.code {
+            b.push_str(
+                r#","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"#,
+            );
+            push_json_str(&mut b, reason);
+            b.push_str(r#","domain":"googleapis.com"}]"#);
+        }
+        b.push_str("}}");
+        b
+    }
+
+    fn openai_body(&self) -> String {
         let mut b = String::with_capacity(96 + self.message.len());
         b.push_str(r#"{"error":{"message":"#);
         push_json_str(&mut b, &self.message);

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use clap::Parser;
 use mock_upstream::{Defaults, MockUpstream};
 
-/// A local stand-in for the OpenAI API (chat, completions, embeddings, models).
+/// A local stand-in for the OpenAI (chat, completions, embeddings, models), Anthropic
+/// Messages and Gemini generateContent APIs.
 #[derive(Parser, Debug)]
 #[command(name = "mock-upstream", version)]
 struct Args {

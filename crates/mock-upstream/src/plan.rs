@@ -10,10 +10,22 @@ use crate::wire::ceil4;
 /// The arguments of the mock tool call.
 pub(crate) const TOOL_ARGS: &str = r#"{"location":"Paris","unit":"celsius"}"#;
 /// Name used when the request names no tool.
-const DEFAULT_TOOL: &str = "get_weather";
+pub(crate) const DEFAULT_TOOL: &str = "get_weather";
 /// Tokens charged for a tool call on top of its arguments.
 const TOOL_OVERHEAD: u64 = 5;
 const MAX_N: u64 = 128;
+/// The reasoning text of the Anthropic `thinking` block / Gemini thought part.
+pub(crate) const THINKING_TEXT: &str = "Let me think…";
+
+/// Completion tokens of one tool call: `ceil(len(TOOL_ARGS) / 4) + 5`.
+pub(crate) fn tool_tokens() -> u64 {
+    ceil4(TOOL_ARGS.len() as u64) + TOOL_OVERHEAD
+}
+
+/// Completion tokens of the thinking text: `ceil(chars("Let me think…") / 4)` = 4.
+pub(crate) fn thinking_tokens() -> u64 {
+    ceil4(THINKING_TEXT.chars().count() as u64)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -37,7 +49,7 @@ pub(crate) struct Controls {
     pub cached_tokens: Option<u64>,
 }
 
-fn lenient_u64(v: &Value) -> Option<u64> {
+pub(crate) fn lenient_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n
             .as_u64()
@@ -56,7 +68,7 @@ fn lenient_bool(v: &Value) -> Option<bool> {
     }
 }
 
-fn to_usize(n: u64) -> usize {
+pub(crate) fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
@@ -113,6 +125,95 @@ pub(crate) enum TextSource {
 pub(crate) enum Reply {
     Text(TextSource),
     Tool { name: String },
+}
+
+/// Why the reply text ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TextEnd {
+    /// The whole text was produced.
+    Complete,
+    /// Cut before this stop sequence (the text contained it).
+    Stop(String),
+    /// Cut at `max_tokens * 4` characters.
+    Length,
+}
+
+/// The reply text (one choice / candidate) and its completion tokens.
+#[derive(Clone, Debug)]
+pub(crate) struct TextPlan {
+    pub source: TextSource,
+    pub tokens: u64,
+    pub end: TextEnd,
+}
+
+/// The text `mock.content` or the default sentence (`chunks * chunk_size` characters), cut
+/// before the earliest of `stops`, then cut to `max_tokens * 4` characters if its
+/// `max(1, ceil(chars / 4))` tokens exceed `max_tokens` (then it counts `max_tokens`).
+pub(crate) fn plan_text(
+    controls: &Controls,
+    max_tokens: Option<u64>,
+    stops: &[String],
+) -> TextPlan {
+    let mut source = match &controls.content {
+        Some(s) => TextSource::Custom(s.clone()),
+        None => TextSource::Default(controls.chunks.saturating_mul(controls.chunk_size)),
+    };
+    let mut end = TextEnd::Complete;
+    if stops.iter().any(|s| !s.is_empty()) {
+        let full = match &source {
+            TextSource::Custom(s) => s.clone(),
+            TextSource::Default(len) => {
+                let mut t = String::with_capacity(*len);
+                crate::wire::push_default_text(&mut t, 0, *len);
+                t
+            }
+        };
+        let first = stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| full.find(s.as_str()).map(|i| (i, s)))
+            .min_by_key(|(i, _)| *i);
+        if let Some((cut, stop)) = first {
+            source = match source {
+                // The default sentence is ASCII: bytes are characters.
+                TextSource::Default(_) => TextSource::Default(cut),
+                TextSource::Custom(mut s) => {
+                    s.truncate(cut);
+                    TextSource::Custom(s)
+                }
+            };
+            end = TextEnd::Stop(stop.clone());
+        }
+    }
+    let chars = match &source {
+        TextSource::Default(len) => *len,
+        TextSource::Custom(s) => s.chars().count(),
+    };
+    let full_tokens = ceil4(chars as u64).max(1);
+    match max_tokens {
+        Some(max) if max < full_tokens => {
+            let keep = to_usize(max.saturating_mul(4));
+            let source = match source {
+                TextSource::Default(len) => TextSource::Default(len.min(keep)),
+                TextSource::Custom(mut s) => {
+                    if let Some((cut, _)) = s.char_indices().nth(keep) {
+                        s.truncate(cut);
+                    }
+                    TextSource::Custom(s)
+                }
+            };
+            TextPlan {
+                source,
+                tokens: max,
+                end: TextEnd::Length,
+            }
+        }
+        _ => TextPlan {
+            source,
+            tokens: full_tokens,
+            end,
+        },
+    }
 }
 
 /// Everything needed to render a (chat or legacy) completion, streamed or not.
@@ -311,36 +412,15 @@ pub(crate) fn build(kind: Kind, body: &Value, controls: Controls) -> Result<Plan
     };
 
     let (reply, finish_reason, per_choice) = match tool {
-        Some(name) => (
-            Reply::Tool { name },
-            "tool_calls",
-            ceil4(TOOL_ARGS.len() as u64) + TOOL_OVERHEAD,
-        ),
+        Some(name) => (Reply::Tool { name }, "tool_calls", tool_tokens()),
         None => {
-            let (mut source, chars) = match &controls.content {
-                Some(s) => (TextSource::Custom(s.clone()), s.chars().count()),
-                None => {
-                    let len = controls.chunks.saturating_mul(controls.chunk_size);
-                    (TextSource::Default(len), len)
-                }
+            let t = plan_text(&controls, max_tokens, &[]);
+            let finish = if t.end == TextEnd::Length {
+                "length"
+            } else {
+                "stop"
             };
-            let full_tokens = ceil4(chars as u64).max(1);
-            match max_tokens {
-                Some(max) if max < full_tokens => {
-                    let keep = to_usize(max.saturating_mul(4));
-                    source = match source {
-                        TextSource::Default(len) => TextSource::Default(len.min(keep)),
-                        TextSource::Custom(mut s) => {
-                            if let Some((cut, _)) = s.char_indices().nth(keep) {
-                                s.truncate(cut);
-                            }
-                            TextSource::Custom(s)
-                        }
-                    };
-                    (Reply::Text(source), "length", max)
-                }
-                _ => (Reply::Text(source), "stop", full_tokens),
-            }
+            (Reply::Text(t.source), finish, t.tokens)
         }
     };
 

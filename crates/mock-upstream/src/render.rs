@@ -38,7 +38,7 @@ fn push_usage(b: &mut String, p: &Plan) {
     }
 }
 
-fn push_full_text(b: &mut String, src: &TextSource) {
+pub(crate) fn push_full_text(b: &mut String, src: &TextSource) {
     match src {
         TextSource::Default(len) => {
             // The default sentence needs no escaping.
@@ -151,7 +151,7 @@ fn legacy_body(p: &Plan, id: u64, created: u64) -> String {
 
 /// Produces the pieces of content (or tool-call argument fragments) one at a time, so
 /// arbitrarily long streams never exist in memory as a whole.
-enum Pieces {
+pub(crate) enum Pieces {
     Default {
         len: usize,
         pos: usize,
@@ -165,8 +165,26 @@ enum Pieces {
 }
 
 impl Pieces {
+    /// Pieces of `size` characters of the reply text, or of the tool-call arguments JSON;
+    /// also returns the tool name for a tool call.
+    pub fn for_reply(reply: Reply, size: usize) -> (Pieces, Option<String>) {
+        let size = size.max(1);
+        match reply {
+            Reply::Text(TextSource::Default(len)) => (Pieces::Default { len, pos: 0, size }, None),
+            Reply::Text(TextSource::Custom(text)) => (Pieces::Owned { text, pos: 0, size }, None),
+            Reply::Tool { name } => (
+                Pieces::Owned {
+                    text: TOOL_ARGS.to_owned(),
+                    pos: 0,
+                    size,
+                },
+                Some(name),
+            ),
+        }
+    }
+
     /// Append the next piece as a JSON string literal; false when exhausted.
-    fn next_into(&mut self, out: &mut String) -> bool {
+    pub fn next_into(&mut self, out: &mut String) -> bool {
         match self {
             Pieces::Default { len, pos, size } => {
                 if *pos >= *len {
@@ -214,6 +232,17 @@ pub(crate) enum Step {
     /// Close the connection abruptly (`mock.drop_after`).
     Drop,
     End,
+}
+
+/// A lazy source of stream events (SSE events, or JSON array pieces for Gemini).
+pub(crate) trait Events: Send + 'static {
+    fn next_step(&mut self) -> Step;
+}
+
+impl Events for StreamGen {
+    fn next_step(&mut self) -> Step {
+        StreamGen::next_step(self)
+    }
 }
 
 /// Lazily generates the SSE events of a streamed completion.
@@ -278,19 +307,7 @@ impl StreamGen {
             Bytes::from(e)
         });
 
-        let size = p.controls.chunk_size.max(1);
-        let (pieces, tool_name) = match p.reply {
-            Reply::Text(TextSource::Default(len)) => (Pieces::Default { len, pos: 0, size }, None),
-            Reply::Text(TextSource::Custom(text)) => (Pieces::Owned { text, pos: 0, size }, None),
-            Reply::Tool { name } => (
-                Pieces::Owned {
-                    text: TOOL_ARGS.to_owned(),
-                    pos: 0,
-                    size,
-                },
-                Some(name),
-            ),
-        };
+        let (pieces, tool_name) = Pieces::for_reply(p.reply, p.controls.chunk_size);
 
         StreamGen {
             kind: p.kind,

@@ -24,11 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::errors::{self, ApiError};
+use crate::errors::{self, ApiError, Dialect};
 use crate::plan::{self, Controls, Kind};
-use crate::render::{self, Step, StreamGen};
+use crate::render::{self, Events, Step, StreamGen};
 use crate::wire::{base64_encode, push_json_str, push_u64, unix_now};
 use crate::{Behavior, Defaults, RecordedRequest};
+use crate::{anthropic, gemini};
 
 const MAX_BODY: usize = 256 * 1024 * 1024;
 const MAX_DIMENSIONS: u64 = 65_536;
@@ -195,6 +196,13 @@ impl Listener for MockListener {
 #[derive(Clone)]
 pub(crate) struct ConnInfo(Arc<Switch>);
 
+impl ConnInfo {
+    /// Close this connection abruptly (nothing more is written).
+    pub fn kill(&self) {
+        self.0.kill();
+    }
+}
+
 impl Connected<IncomingStream<'_, MockListener>> for ConnInfo {
     fn connect_info(stream: IncomingStream<'_, MockListener>) -> Self {
         ConnInfo(stream.io().conn.clone())
@@ -258,7 +266,7 @@ impl Shared {
         })
     }
 
-    fn next_id(&self) -> u64 {
+    pub fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
@@ -307,6 +315,16 @@ pub(crate) fn json_response(status: StatusCode, body: impl Into<Body>) -> Respon
 }
 
 fn sse_response(events: StreamGen, chunk_delay_ms: u64) -> Response {
+    stream_response(events, chunk_delay_ms, "text/event-stream")
+}
+
+/// A streamed body from `events`, with `chunk_delay_ms` between events; `Step::Drop`
+/// aborts the connection after flushing what was produced.
+pub(crate) fn stream_response<E: Events>(
+    events: E,
+    chunk_delay_ms: u64,
+    content_type: &'static str,
+) -> Response {
     let delay = Duration::from_millis(chunk_delay_ms);
     let stream =
         futures_util::stream::unfold((events, true), move |(mut events, first)| async move {
@@ -325,10 +343,8 @@ fn sse_response(events: StreamGen, chunk_delay_ms: u64) -> Response {
             }
         });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -377,9 +393,10 @@ async fn handle(
     if path == "/health" || path == "/healthz" {
         return json_response(StatusCode::OK, r#"{"status":"ok"}"#);
     }
-    if !path.starts_with("/v1/") {
+    if !path.starts_with("/v1/") && !path.starts_with("/v1beta/") {
         return errors::not_found_url(parts.method.as_str(), path).into_response();
     }
+    let dialect = Dialect::of_path(path);
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -397,9 +414,16 @@ async fn handle(
 
     match st.behavior() {
         Behavior::Normal => {}
-        Behavior::Status(s) => return errors::for_status(s).into_response(),
-        Behavior::RateLimited => return errors::rate_limited().into_response(),
-        Behavior::InsufficientQuota => return errors::insufficient_quota().into_response(),
+        Behavior::Status(s) => return behavior_error(dialect, s).into_response(),
+        Behavior::RateLimited => return behavior_error(dialect, 429).into_response(),
+        Behavior::InsufficientQuota => {
+            let e = match dialect {
+                Dialect::OpenAi => errors::insufficient_quota(),
+                Dialect::Anthropic => anthropic::insufficient_quota(),
+                Dialect::Gemini => gemini::insufficient_quota(),
+            };
+            return e.into_response();
+        }
         Behavior::DropConnection => {
             conn.0.kill();
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -407,11 +431,34 @@ async fn handle(
         Behavior::Delay(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
     }
 
+    let method = &parts.method;
+    match dialect {
+        Dialect::OpenAi => {}
+        Dialect::Anthropic => {
+            return if path == "/v1/messages" && method == Method::POST {
+                anthropic::messages(&st, &conn, &parts.headers, &body).await
+            } else {
+                anthropic::not_found().into_response()
+            };
+        }
+        Dialect::Gemini => {
+            return gemini::handle(
+                &st,
+                &conn,
+                method,
+                path,
+                parts.uri.query(),
+                &parts.headers,
+                &body,
+            )
+            .await;
+        }
+    }
+
     if let Err(e) = check_auth(&parts.headers) {
         return e.into_response();
     }
 
-    let method = &parts.method;
     match path {
         "/v1/chat/completions" if method == Method::POST => {
             generate(&st, &conn, Kind::Chat, &body).await
@@ -428,6 +475,17 @@ async fn handle(
             }
         }
         _ => errors::not_found_url(method.as_str(), path).into_response(),
+    }
+}
+
+/// The error a [`Behavior`] answers with, in the endpoint's dialect (429 = rate limited,
+/// with `retry-after` for OpenAI and Anthropic).
+fn behavior_error(dialect: Dialect, status: u16) -> ApiError {
+    match (dialect, status) {
+        (Dialect::OpenAi, 429) => errors::rate_limited(),
+        (Dialect::OpenAi, s) => errors::for_status(s),
+        (Dialect::Anthropic, s) => anthropic::for_status(s),
+        (Dialect::Gemini, s) => gemini::for_status(s),
     }
 }
 
@@ -453,6 +511,21 @@ fn check_auth(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The body as a JSON object, if it is one.
+pub(crate) fn parse_json(body: &[u8]) -> Option<Value> {
+    match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => Some(v),
+        _ => None,
+    }
+}
+
+/// Sleeps `mock.delay_ms`.
+pub(crate) async fn apply_delay(ctl: &Controls) {
+    if ctl.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ctl.delay_ms)).await;
+    }
+}
+
 fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
     match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
@@ -467,9 +540,7 @@ async fn pre_answer(
     param: &str,
     prompt_tokens: impl FnOnce() -> u64,
 ) -> Result<(), ApiError> {
-    if ctl.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(ctl.delay_ms)).await;
-    }
+    apply_delay(ctl).await;
     let model = body.get("model").and_then(Value::as_str).unwrap_or("");
     match errors::for_controls(
         ctl.status,

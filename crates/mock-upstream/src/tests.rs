@@ -15,29 +15,29 @@ const KEY: &str = "sk-test-good";
 
 /// A raw HTTP/1.1 response, read until the server closed the connection.
 #[derive(Debug)]
-struct Resp {
+pub(crate) struct Resp {
     /// 0 when no response head arrived at all.
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
     /// The body was delimited properly (content-length reached / last chunk seen).
-    complete: bool,
-    raw_len: usize,
+    pub complete: bool,
+    pub raw_len: usize,
 }
 
 impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn text(&self) -> &str {
+    pub fn text(&self) -> &str {
         std::str::from_utf8(&self.body).unwrap()
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", self.text()))
     }
@@ -150,10 +150,28 @@ async fn send(
     key: Option<&str>,
     body: Option<&str>,
 ) -> Resp {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    send_raw(addr, method, path, &headers, body).await
+}
+
+/// Send one request with these extra headers, `Connection: close`, and read everything
+/// until EOF (or reset).
+pub(crate) async fn send_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Resp {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(k) = key {
-        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(b) = body {
         req.push_str(&format!(
@@ -210,7 +228,7 @@ fn assert_order(raw: &str, keys: &[&str]) {
     );
 }
 
-fn default_text(len: usize) -> String {
+pub(crate) fn default_text(len: usize) -> String {
     SENTENCE.chars().cycle().take(len).collect()
 }
 

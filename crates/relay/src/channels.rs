@@ -5,7 +5,7 @@
 use storage::{ChannelPatch, ChannelRow, NewChannel, StorageError, Store};
 
 /// Channel kinds this version relays to.
-pub const KINDS: &[&str] = &["openai"];
+pub const KINDS: &[&str] = &["openai", "anthropic", "gemini"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {

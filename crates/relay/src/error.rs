@@ -31,6 +31,8 @@ pub struct RelayError {
     pub param: Option<String>,
     /// For `UpstreamClient`: the upstream's status and raw body, passed on.
     pub upstream: Option<(u16, bytes::Bytes)>,
+    /// The dialect of that body.
+    pub upstream_api: Option<crate::formats::Api>,
 }
 
 impl RelayError {
@@ -40,6 +42,7 @@ impl RelayError {
             message: message.into(),
             param: None,
             upstream: None,
+            upstream_api: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl RelayError {
     /// The OpenAI-shaped body: `{"error":{"message","type","param","code","request_id"}}`.
     pub fn openai_body(&self, request_id: &str) -> bytes::Bytes {
         if let Some((_, raw)) = &self.upstream
+            && self.upstream_api == Some(crate::formats::Api::OpenAi)
             && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(raw)
             && let Some(e) = v.get_mut("error").and_then(|e| e.as_object_mut())
         {

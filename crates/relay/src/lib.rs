@@ -8,10 +8,12 @@ pub mod cache;
 pub mod channels;
 pub mod config;
 pub mod error;
+pub mod formats;
 mod openai;
 mod proxy;
 mod sse;
 mod tokens;
+pub mod translate;
 mod upstream;
 pub mod writer;
 

@@ -121,6 +121,27 @@ pub fn usage_of(u: api_types::openai::Usage) -> billing::Usage {
     }
 }
 
+/// `generationConfig.maxOutputTokens` and `candidateCount` of a Gemini
+/// request.
+pub fn gemini_limits(body: &[u8]) -> (Option<u64>, u64) {
+    #[derive(Deserialize)]
+    struct Gc {
+        #[serde(rename = "maxOutputTokens", default)]
+        max: Option<u64>,
+        #[serde(rename = "candidateCount", default)]
+        n: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    struct G {
+        #[serde(rename = "generationConfig", default)]
+        gc: Option<Gc>,
+    }
+    match serde_json::from_slice::<G>(body).ok().and_then(|g| g.gc) {
+        Some(gc) => (gc.max, gc.n.unwrap_or(1)),
+        None => (None, 1),
+    }
+}
+
 /// Text of a request's prompt for counting tokens: message contents (text
 /// parts), legacy `prompt`, embeddings `input`.
 pub fn prompt_text(body: &[u8]) -> (String, u64) {
@@ -137,6 +158,12 @@ pub fn prompt_text(body: &[u8]) -> (String, u64) {
         prompt: Option<serde_json::Value>,
         #[serde(default)]
         input: Option<serde_json::Value>,
+        #[serde(default)]
+        system: Option<serde_json::Value>,
+        #[serde(rename = "systemInstruction", default)]
+        system_instruction: Option<serde_json::Value>,
+        #[serde(default)]
+        contents: Option<Vec<serde_json::Value>>,
     }
     fn texts(v: &serde_json::Value, out: &mut String) {
         match v {
@@ -146,8 +173,10 @@ pub fn prompt_text(body: &[u8]) -> (String, u64) {
             }
             serde_json::Value::Array(a) => a.iter().for_each(|x| texts(x, out)),
             serde_json::Value::Object(o) => {
-                if let Some(t) = o.get("text") {
-                    texts(t, out);
+                for k in ["text", "content", "parts"] {
+                    if let Some(t) = o.get(k) {
+                        texts(t, out);
+                    }
                 }
             }
             _ => {}
@@ -166,7 +195,14 @@ pub fn prompt_text(body: &[u8]) -> (String, u64) {
             }
         }
     }
-    for v in [&b.prompt, &b.input].into_iter().flatten() {
+    if let Some(cs) = &b.contents {
+        messages += cs.len() as u64;
+        cs.iter().for_each(|c| texts(c, &mut out));
+    }
+    for v in [&b.prompt, &b.input, &b.system, &b.system_instruction]
+        .into_iter()
+        .flatten()
+    {
         texts(v, &mut out);
     }
     (out, messages)

@@ -20,26 +20,32 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{self, ChannelEntry, KeyEntry, Snapshot, UserEntry, Wallets};
 use crate::error::{ErrorKind, RelayError};
-use crate::openai::{self, UsageCarrier};
-use crate::sse::{self, SseSplitter};
+use crate::formats::{self, Api, RequestShape, StreamConv};
+use crate::openai;
+use crate::sse::SseSplitter;
 use crate::tokens::{self, StreamCounter};
 use crate::writer::{Settled, WriteMsg, Writer};
 use crate::{RelayConfig, upstream};
 
-/// The OpenAI endpoints relayed as they are.
+/// The endpoints relayed, in the dialect the client speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic `POST /v1/messages`.
+    AnthropicMessages,
+    /// Gemini `:generateContent` / `:streamGenerateContent`.
+    GeminiGenerate,
 }
 
 impl Endpoint {
-    fn path(self) -> &'static str {
+    fn openai_path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::AnthropicMessages | Endpoint::GeminiGenerate => "",
         }
     }
 
@@ -48,6 +54,16 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::AnthropicMessages => "messages",
+            Endpoint::GeminiGenerate => "generateContent",
+        }
+    }
+
+    pub fn api(self) -> Api {
+        match self {
+            Endpoint::AnthropicMessages => Api::Anthropic,
+            Endpoint::GeminiGenerate => Api::Gemini,
+            _ => Api::OpenAi,
         }
     }
 
@@ -58,6 +74,13 @@ impl Endpoint {
 
 pub struct Inbound {
     pub endpoint: Endpoint,
+    /// The model when the URL names it (Gemini).
+    pub model: Option<String>,
+    /// Streaming asked by the URL (Gemini's `:streamGenerateContent`).
+    pub stream: Option<bool>,
+    /// `anthropic-version` / `anthropic-beta` sent by an Anthropic client.
+    pub anthropic_version: Option<String>,
+    pub anthropic_beta: Option<String>,
     /// The API key as the client sent it, without `Bearer `.
     pub api_key: Option<String>,
     pub client_ip: IpAddr,
@@ -109,6 +132,9 @@ struct Meter {
     client_ip: IpAddr,
     started: Instant,
     stream: bool,
+    client_wants_usage: bool,
+    anthropic_version: Option<String>,
+    anthropic_beta: Option<String>,
 }
 
 enum Attempt {
@@ -117,22 +143,6 @@ enum Attempt {
     Retry(RelayError),
     /// Give this answer to the client.
     Fatal(RelayError),
-}
-
-fn has_object_field(json: &[u8], field: &[u8]) -> bool {
-    let finder = memchr::memmem::Finder::new(field);
-    let mut pos = 0;
-    while let Some(p) = finder.find(&json[pos..]) {
-        let mut i = pos + p + field.len();
-        while i < json.len() && matches!(json[i], b' ' | b':' | b'\n' | b'\r' | b'\t') {
-            i += 1;
-        }
-        if json.get(i) == Some(&b'{') {
-            return true;
-        }
-        pos = i;
-    }
-    false
 }
 
 fn hold_error(e: HoldError) -> RelayError {
@@ -328,9 +338,10 @@ impl Relay {
                 ),
             ));
         }
+        let api = inb.endpoint.api();
         let head =
             openai::parse_head(&inb.body).map_err(|m| RelayError::new(ErrorKind::BadRequest, m))?;
-        let model: String = match head.model.as_deref() {
+        let model: String = match inb.model.as_deref().or(head.model.as_deref()) {
             Some(m) if !m.is_empty() => m.to_string(),
             _ => {
                 return Err(RelayError::new(
@@ -340,6 +351,12 @@ impl Relay {
                 .with_param("model"));
             }
         };
+        if api == Api::Anthropic && head.max_tokens.is_none() {
+            return Err(
+                RelayError::new(ErrorKind::BadRequest, "max_tokens: Field required")
+                    .with_param("max_tokens"),
+            );
+        }
         if let Some(allowed) = &key.allowed_models
             && !allowed.contains(&model)
         {
@@ -366,20 +383,24 @@ impl Relay {
             )
             .with_param("model"));
         };
-        let stream = inb.endpoint.can_stream() && head.stream.unwrap_or(false);
+        let stream = inb.endpoint.can_stream() && inb.stream.or(head.stream).unwrap_or(false);
         let client_wants_usage = head
             .stream_options
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-        let n = head.n.unwrap_or(1).clamp(1, 128);
+        let (max_out, n) = match api {
+            Api::Gemini => openai::gemini_limits(&inb.body),
+            _ => (
+                head.max_completion_tokens.or(head.max_tokens),
+                head.n.unwrap_or(1),
+            ),
+        };
+        let n = n.clamp(1, 128);
         let completion_bound = match inb.endpoint {
             Endpoint::Embeddings => 0,
             Endpoint::Completions => head.max_tokens.unwrap_or(16),
-            Endpoint::ChatCompletions => head
-                .max_completion_tokens
-                .or(head.max_tokens)
-                .unwrap_or(self.cfg.default_max_tokens),
+            _ => max_out.unwrap_or(self.cfg.default_max_tokens),
         }
         .saturating_mul(n);
         drop(head);
@@ -408,12 +429,15 @@ impl Relay {
             client_ip: inb.client_ip,
             started,
             stream,
+            client_wants_usage,
+            anthropic_version: inb.anthropic_version,
+            anthropic_beta: inb.anthropic_beta,
         };
         let mut last: Option<RelayError> = None;
         let mut last_channel = 0;
         for ch in candidates {
             last_channel = ch.id;
-            match self.attempt(&ch, &mut meter, client_wants_usage).await {
+            match self.attempt(&ch, &mut meter).await {
                 Attempt::Done(out) => return Ok(out),
                 Attempt::Retry(e) => {
                     tracing::warn!(request_id = %meter.request_id, channel = ch.id, error = %e.message, "upstream attempt failed");
@@ -461,32 +485,56 @@ impl Relay {
         }
     }
 
-    async fn attempt(
-        self: &Arc<Self>,
-        ch: &Arc<ChannelEntry>,
-        meter: &mut Meter,
-        client_wants_usage: bool,
-    ) -> Attempt {
-        let upstream_model = ch.upstream_model(&meter.model).to_string();
-        let rename = (upstream_model != meter.model).then_some(upstream_model.as_str());
-        let inject = meter.stream && !client_wants_usage;
-        let body = if rename.is_some() || inject {
-            match openai::rewrite_body(&meter.body, rename, inject) {
-                Ok(b) => Bytes::from(b),
-                Err(e) => return Attempt::Fatal(RelayError::new(ErrorKind::BadRequest, e)),
-            }
-        } else {
-            meter.body.clone()
+    async fn attempt(self: &Arc<Self>, ch: &Arc<ChannelEntry>, meter: &mut Meter) -> Attempt {
+        let Some(target) = Api::of_kind(&ch.kind) else {
+            return Attempt::Retry(RelayError::new(
+                ErrorKind::NoChannel,
+                format!(
+                    "Channel kind `{}` is not supported by this version.",
+                    ch.kind
+                ),
+            ));
         };
-        let url = format!("{}{}", ch.base_url, meter.endpoint.path());
+        let client = meter.endpoint.api();
+        let upstream_model = ch.upstream_model(&meter.model).to_string();
+        let shape = RequestShape {
+            client,
+            openai_path: meter.endpoint.openai_path(),
+            stream: meter.stream,
+            client_wants_usage: meter.client_wants_usage,
+            default_max_tokens: self.cfg.default_max_tokens,
+        };
+        let req = match formats::build_request(
+            &shape,
+            target,
+            &meter.body,
+            &meter.model,
+            &upstream_model,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Attempt::Fatal(e),
+        };
+        let url = format!("{}{}", ch.base_url, req.path);
         let first_byte = Duration::from_secs(self.cfg.first_byte_timeout_secs);
-        let send = self
+        let rb = self
             .client
             .post(url)
-            .bearer_auth(ch.next_key())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send();
+            .header(http::header::CONTENT_TYPE, "application/json");
+        let rb = match target {
+            Api::OpenAi => rb.bearer_auth(ch.next_key()),
+            Api::Anthropic => {
+                let version = meter.anthropic_version.as_deref().unwrap_or("2023-06-01");
+                let rb = rb
+                    .header("x-api-key", ch.next_key())
+                    .header("anthropic-version", version);
+                match &meter.anthropic_beta {
+                    Some(beta) => rb.header("anthropic-beta", beta.as_str()),
+                    None => rb,
+                }
+            }
+            Api::Gemini => rb.header("x-goog-api-key", ch.next_key()),
+        };
+        let send = rb.body(req.body).send();
         let resp = match tokio::time::timeout(first_byte, send).await {
             Err(_) => {
                 return Attempt::Retry(RelayError::new(
@@ -512,7 +560,7 @@ impl Relay {
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
             let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
-            return classify_upstream_error(status, body);
+            return classify_upstream_error(status, body, target);
         }
         let is_sse = resp
             .headers()
@@ -521,7 +569,7 @@ impl Relay {
             .is_some_and(|v| v.contains("text/event-stream"));
         if meter.stream && is_sse {
             return self
-                .start_stream(ch, meter, resp, upstream_model, client_wants_usage)
+                .start_stream(ch, meter, resp, upstream_model, target)
                 .await;
         }
         let body =
@@ -537,17 +585,17 @@ impl Relay {
                     ));
                 }
             };
-        let usage = serde_json::from_slice::<UsageCarrier>(&body)
-            .ok()
-            .and_then(|c| c.usage)
-            .map(openai::usage_of);
+        let (body, usage) = match formats::convert_body(client, target, body, &meter.model) {
+            Ok(x) => x,
+            Err(e) => return Attempt::Retry(e),
+        };
         let mut counter = None;
         if usage.is_none() {
             let mut c = StreamCounter::default();
             let mut raw = Vec::new();
-            sse::collect_strings(&body, b"\"content\"", &mut raw);
-            sse::collect_strings(&body, b"\"text\"", &mut raw);
-            sse::collect_strings(&body, b"\"arguments\"", &mut raw);
+            for key in [&b"\"content\""[..], b"\"text\"", b"\"arguments\""] {
+                crate::sse::collect_strings(&body, key, &mut raw);
+            }
             c.push(&raw);
             counter = Some(c);
         }
@@ -576,7 +624,7 @@ impl Relay {
         meter: &mut Meter,
         resp: reqwest::Response,
         upstream_model: String,
-        client_wants_usage: bool,
+        target: Api,
     ) -> Attempt {
         let status = resp.status().as_u16();
         let mut upstream = resp.bytes_stream();
@@ -619,9 +667,11 @@ impl Relay {
                 Ok(Some(Ok(chunk))) => split.push(&chunk),
             }
         };
-        let data = sse::event_data(&first);
-        if data.starts_with(b"{\"error\"") {
-            return classify_upstream_error(502, Bytes::copy_from_slice(&data));
+        let client = meter.endpoint.api();
+        let mut conv = StreamConv::new(client, target, meter.client_wants_usage, &meter.model);
+        let mut out = Vec::new();
+        if let Err(e) = conv.event(first, &mut out) {
+            return Attempt::Retry(RelayError::new(ErrorKind::UpstreamFailed, e));
         }
         let (tx, rx) = mpsc::channel(self.cfg.stream_buffer_chunks.max(1));
         let meter = take_meter(meter);
@@ -632,18 +682,15 @@ impl Relay {
             relay: relay.clone(),
             tx,
             client_gone: false,
-            client_wants_usage,
-            usage: None,
-            counter: StreamCounter::default(),
+            conv,
             ttft: None,
-            done: false,
         };
         self.tasks.spawn(async move {
             pump.run(
                 meter,
                 channel_id,
                 upstream_model,
-                first,
+                out,
                 split,
                 upstream,
                 status,
@@ -763,6 +810,9 @@ fn take_meter(m: &mut Meter) -> Meter {
         client_ip: m.client_ip,
         started: m.started,
         stream: m.stream,
+        client_wants_usage: m.client_wants_usage,
+        anthropic_version: None,
+        anthropic_beta: None,
     };
     std::mem::replace(m, placeholder)
 }
@@ -803,7 +853,7 @@ async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Bytes, Relay
 /// trouble (authentication, quota, rate limits, outages) is retried on
 /// another channel and never shown as if the client's key were bad; a
 /// refusal of the request itself is passed on.
-fn classify_upstream_error(status: u16, body: Bytes) -> Attempt {
+fn classify_upstream_error(status: u16, body: Bytes, api: Api) -> Attempt {
     let text = String::from_utf8_lossy(&body);
     let summary: String = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -813,10 +863,15 @@ fn classify_upstream_error(status: u16, body: Bytes) -> Attempt {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| text.chars().take(200).collect());
+    // Providers that report a channel's credentials or credit as a 4xx.
+    let channel_trouble = text.contains("insufficient_quota")
+        || text.contains("credit balance is too low")
+        || text.contains("API_KEY_INVALID")
+        || text.contains("API key not valid");
     match status {
-        429 if text.contains("insufficient_quota") => Attempt::Retry(RelayError::new(
+        _ if channel_trouble && (400..500).contains(&status) => Attempt::Retry(RelayError::new(
             ErrorKind::UpstreamFailed,
-            "The upstream channel has run out of credit.",
+            "The upstream channel has run out of credit or refused its key.",
         )),
         429 => Attempt::Retry(RelayError::new(
             ErrorKind::UpstreamRateLimited,
@@ -833,6 +888,7 @@ fn classify_upstream_error(status: u16, body: Bytes) -> Attempt {
         400..=499 => {
             let mut e = RelayError::new(ErrorKind::UpstreamClient, summary);
             e.upstream = Some((status, body));
+            e.upstream_api = Some(api);
             Attempt::Fatal(e)
         }
         _ => Attempt::Retry(RelayError::new(
@@ -847,49 +903,11 @@ struct StreamPump {
     relay: Arc<Relay>,
     tx: mpsc::Sender<Bytes>,
     client_gone: bool,
-    client_wants_usage: bool,
-    usage: Option<Usage>,
-    counter: StreamCounter,
+    conv: StreamConv,
     ttft: Option<Duration>,
-    done: bool,
 }
 
 impl StreamPump {
-    /// What to forward of one upstream event (None = drop it).
-    fn event(&mut self, ev: Bytes, started: Instant) -> Option<Bytes> {
-        let data = sse::event_data(&ev);
-        if &*data == b"[DONE]" {
-            self.done = true;
-            return Some(ev);
-        }
-        if data.is_empty() {
-            return Some(ev);
-        }
-        if has_object_field(&data, b"\"usage\"")
-            && let Ok(c) = serde_json::from_slice::<UsageCarrier>(&data)
-            && let Some(u) = c.usage
-        {
-            self.usage = Some(openai::usage_of(u));
-            if !self.client_wants_usage && c.choices.as_ref().is_some_and(Vec::is_empty) {
-                return None;
-            }
-            return Some(ev);
-        }
-        if self.usage.is_none() {
-            let mut raw = Vec::new();
-            sse::collect_strings(&data, b"\"content\"", &mut raw);
-            sse::collect_strings(&data, b"\"text\"", &mut raw);
-            sse::collect_strings(&data, b"\"arguments\"", &mut raw);
-            if !raw.is_empty() {
-                if self.ttft.is_none() {
-                    self.ttft = Some(started.elapsed());
-                }
-                self.counter.push(&raw);
-            }
-        }
-        Some(ev)
-    }
-
     async fn send(&mut self, b: Bytes, idle: Duration) {
         if self.client_gone {
             return;
@@ -900,13 +918,22 @@ impl StreamPump {
         }
     }
 
+    async fn send_all(&mut self, out: &mut Vec<Bytes>, idle: Duration, started: Instant) {
+        if self.ttft.is_none() && self.conv.content_seen {
+            self.ttft = Some(started.elapsed());
+        }
+        for b in out.drain(..) {
+            self.send(b, idle).await;
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn run(
         mut self,
         meter: Meter,
         channel_id: i64,
         upstream_model: String,
-        first: Bytes,
+        mut out: Vec<Bytes>,
         mut split: SseSplitter,
         mut upstream: impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin,
         status: u16,
@@ -918,16 +945,16 @@ impl StreamPump {
         let started = meter.started;
         let mut error = String::new();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
-        if let Some(b) = self.event(first, started) {
-            self.send(b, idle).await;
-        }
+        self.send_all(&mut out, idle, started).await;
         'outer: loop {
             loop {
                 match split.next_event() {
                     Ok(Some(ev)) => {
-                        if let Some(b) = self.event(ev, started) {
-                            self.send(b, idle).await;
+                        if let Err(e) = self.conv.event(ev, &mut out) {
+                            error = format!("The upstream stream failed: {e}");
+                            break 'outer;
                         }
+                        self.send_all(&mut out, idle, started).await;
                     }
                     Ok(None) => break,
                     Err(_) => {
@@ -936,7 +963,7 @@ impl StreamPump {
                     }
                 }
             }
-            if self.done {
+            if self.conv.done {
                 break;
             }
             if self.client_gone && drain_deadline.is_none() {
@@ -970,7 +997,9 @@ impl StreamPump {
             };
             match next {
                 None => {
-                    error = "The upstream closed the stream before it finished.".into();
+                    if !self.conv.eof_is_normal() {
+                        error = "The upstream closed the stream before it finished.".into();
+                    }
                     break;
                 }
                 Some(Err(e)) => {
@@ -986,17 +1015,18 @@ impl StreamPump {
                 }
             }
         }
-        if !self.done && !self.client_gone {
+        if error.is_empty() {
+            self.conv.finish(&mut out);
+            self.send_all(&mut out, idle, started).await;
+        } else if !self.client_gone {
             let e = RelayError::new(ErrorKind::UpstreamFailed, error.clone());
-            let mut msg = b"data: ".to_vec();
-            msg.extend_from_slice(&e.openai_body(&meter.request_id));
-            msg.extend_from_slice(b"\n\n");
-            self.send(Bytes::from(msg), idle).await;
+            let b = self.conv.error_event(&e, &meter.request_id);
+            self.send(b, idle).await;
         }
         drop(upstream);
         let ttft = self.ttft.unwrap_or_else(|| started.elapsed());
-        let counter = std::mem::take(&mut self.counter);
-        let usage = self.usage;
+        let counter = std::mem::take(&mut self.conv.counter);
+        let usage = self.conv.usage();
         let relay = self.relay.clone();
         drop(self);
         relay

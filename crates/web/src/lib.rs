@@ -31,9 +31,33 @@ pub struct AppState {
     pub cfg: Arc<WebConfig>,
 }
 
-/// A new request id (UUID v7, hex without dashes).
+/// A new request id: 32 hex digits, the time in ms, then a per-process
+/// random base plus a counter. Time-ordered like a UUID v7 and unique
+/// across restarts, without a syscall or a lock per request.
 pub fn request_id() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let ms = storage::now_ms() as u64 & 0xffff_ffff_ffff;
+    format!(
+        "{ms:012x}{:04x}{:016x}",
+        (base >> 48) as u16,
+        base.wrapping_add(n)
+    )
 }
 
 pub fn router(state: AppState) -> Router {
@@ -44,6 +68,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/completions", post(openai_routes::completions))
         .route("/v1/embeddings", post(openai_routes::embeddings))
+        .route("/v1/messages", post(openai_routes::anthropic_messages))
+        .route("/v1beta/models", get(openai_routes::gemini_models))
+        .route(
+            "/v1beta/models/{*rest}",
+            post(openai_routes::gemini_generate),
+        )
         .route("/v1/models", get(openai_routes::list_models))
         .route("/v1/models/{*id}", get(openai_routes::get_model))
         .route("/healthz", get(|| async { "ok" }))
@@ -52,4 +82,18 @@ pub fn router(state: AppState) -> Router {
         .fallback(openai_routes::not_found)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_unique_and_fixed_length() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| super::request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
 }

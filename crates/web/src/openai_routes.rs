@@ -1,6 +1,7 @@
-//! The OpenAI-compatible endpoints: handlers extract the key, client
-//! address and body, call the relay, and render its answer or its error in
-//! OpenAI's shape with the request id.
+//! The relay endpoints of the three dialects (OpenAI, Anthropic, Gemini):
+//! handlers extract the key, client address and body, call the relay, and
+//! render its answer, or its error in the caller's dialect with the request
+//! id.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,9 +10,32 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use relay::formats::Api;
 use relay::{Endpoint, ErrorKind, Inbound, OutBody, RelayError};
 
 use crate::{AppState, request_id};
+
+/// The API key from `Authorization: Bearer …`, `x-api-key` (Anthropic),
+/// `x-goog-api-key` or `?key=` (Gemini).
+fn api_key_any(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(k) = api_key(headers) {
+        return Some(k);
+    }
+    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("key="))
+        .map(|k| k.to_string())
+}
+
+fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
 
 /// The API key from `Authorization: Bearer …` (or `x-api-key`).
 fn api_key(headers: &HeaderMap) -> Option<String> {
@@ -41,11 +65,16 @@ fn with_request_id(mut resp: Response, id: &str) -> Response {
 
 /// Renders a relay error as OpenAI does.
 pub fn error_response(e: &RelayError, id: &str) -> Response {
+    error_response_in(Api::OpenAi, e, id)
+}
+
+/// Renders a relay error in the caller's dialect.
+pub fn error_response_in(api: Api, e: &RelayError, id: &str) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        e.openai_body(id),
+        relay::formats::error_body(api, e, id),
     )
         .into_response();
     if !e.should_retry() {
@@ -68,6 +97,18 @@ async fn relay_endpoint(
     peer: SocketAddr,
     req: Request,
 ) -> Response {
+    relay_call(state, endpoint, peer, req, None, None).await
+}
+
+async fn relay_call(
+    state: AppState,
+    endpoint: Endpoint,
+    peer: SocketAddr,
+    req: Request,
+    model: Option<String>,
+    stream: Option<bool>,
+) -> Response {
+    let api = endpoint.api();
     let id = request_id();
     let (parts, body) = req.into_parts();
     let limit = state.relay.cfg.max_body_bytes;
@@ -80,12 +121,16 @@ async fn relay_endpoint(
                     "The request body is larger than this service accepts ({limit} bytes), or it could not be read."
                 ),
             );
-            return error_response(&e, &id);
+            return error_response_in(api, &e, &id);
         }
     };
     let inb = Inbound {
         endpoint,
-        api_key: api_key(&parts.headers),
+        model,
+        stream,
+        anthropic_version: header_string(&parts.headers, "anthropic-version"),
+        anthropic_beta: header_string(&parts.headers, "anthropic-beta"),
+        api_key: api_key_any(&parts.headers, parts.uri.query()),
         client_ip: state.cfg.proxies.client_ip(peer.ip(), &parts.headers),
         body,
         request_id: id.clone(),
@@ -115,7 +160,7 @@ async fn relay_endpoint(
             };
             with_request_id(resp, &id)
         }
-        Err(e) => error_response(&e, &id),
+        Err(e) => error_response_in(api, &e, &id),
     }
 }
 
@@ -143,6 +188,99 @@ pub async fn embeddings(
     relay_endpoint(s, Endpoint::Embeddings, peer, req).await
 }
 
+pub async fn anthropic_messages(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::AnthropicMessages, peer, req).await
+}
+
+/// `POST /v1beta/models/{model}:generateContent` and
+/// `:streamGenerateContent?alt=sse`.
+pub async fn gemini_generate(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(rest): Path<String>,
+    req: Request,
+) -> Response {
+    let (model, action) = match rest.rsplit_once(':') {
+        Some((m, a)) => (m.to_string(), a.to_string()),
+        None => (rest.clone(), String::new()),
+    };
+    let stream = match action.as_str() {
+        "generateContent" => false,
+        "streamGenerateContent" => {
+            let sse = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
+            if !sse {
+                let e = RelayError::new(
+                    ErrorKind::BadRequest,
+                    "Streaming is served as server-sent events: add ?alt=sse to the URL (the official SDKs do).",
+                );
+                return error_response_in(Api::Gemini, &e, &request_id());
+            }
+            true
+        }
+        other => {
+            let e = RelayError::new(
+                ErrorKind::BadRequest,
+                format!("Unknown method `{other}`: use generateContent or streamGenerateContent."),
+            );
+            let mut r = error_response_in(Api::Gemini, &e, &request_id());
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            return r;
+        }
+    };
+    relay_call(
+        s,
+        Endpoint::GeminiGenerate,
+        peer,
+        req,
+        Some(model),
+        Some(stream),
+    )
+    .await
+}
+
+/// `GET /v1beta/models`: the models the key may use, in Gemini's shape.
+pub async fn gemini_models(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let id = request_id();
+    let snap = s.relay.snapshot();
+    let headers = req.headers();
+    let ip = s.cfg.proxies.client_ip(peer.ip(), headers);
+    match s.relay.authenticate(
+        &snap,
+        api_key_any(headers, req.uri().query()).as_deref(),
+        ip,
+    ) {
+        Ok((key, user)) => {
+            let models: Vec<_> = s
+                .relay
+                .models_for(&key, &user)
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "name": format!("models/{m}"), "displayName": m,
+                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+                    })
+                })
+                .collect();
+            with_request_id(
+                axum::Json(serde_json::json!({ "models": models })).into_response(),
+                &id,
+            )
+        }
+        Err(e) => error_response_in(Api::Gemini, &e, &id),
+    }
+}
+
 fn model_object(id: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "gpt-api-proxy"})
 }
@@ -159,6 +297,24 @@ pub async fn list_models(
         .relay
         .authenticate(&snap, api_key(&headers).as_deref(), ip)
     {
+        Ok((key, user)) if headers.contains_key("anthropic-version") => {
+            let models = s.relay.models_for(&key, &user);
+            let data: Vec<_> = models
+                .iter()
+                .map(|m| {
+                    serde_json::json!({"type": "model", "id": m, "display_name": m,
+                        "created_at": "2025-01-01T00:00:00Z"})
+                })
+                .collect();
+            with_request_id(
+                axum::Json(serde_json::json!({
+                    "data": data, "has_more": false,
+                    "first_id": models.first(), "last_id": models.last(),
+                }))
+                .into_response(),
+                &id,
+            )
+        }
         Ok((key, user)) => {
             let data: Vec<_> = s
                 .relay

@@ -11,6 +11,7 @@
 
 mod billing_exact;
 mod cli;
+mod dialects;
 mod errors;
 mod python_sdk;
 mod relay_openai;
