@@ -64,12 +64,16 @@ mod tests {
     }
 
     #[test]
-    fn stream_counter_matches_roughly() {
+    fn stream_counter_matches_a_whole_count_closely() {
+        let piece = "hello there \\\"friend\\\" ";
         let mut c = StreamCounter::default();
         for _ in 0..5000 {
-            c.push(b"hello there \\\"friend\\\" ");
+            c.push(piece.as_bytes());
         }
-        let n = c.finish();
-        assert!((15_000..=25_000).contains(&n), "{n}");
+        let chunked = c.finish();
+        let whole = count(&"hello there \"friend\" ".repeat(5000));
+        // counting in 16 KiB pieces only splits a few tokens at the seams
+        assert!(chunked.abs_diff(whole) * 100 <= whole, "{chunked} vs {whole}");
+        assert!(whole > 20_000);
     }
 }
