@@ -132,8 +132,8 @@ pub struct KeyCreate {
 
 #[derive(Subcommand, Debug)]
 pub enum ChannelCmd {
-    /// Add an OpenAI-compatible upstream channel.
-    Add(ChannelAdd),
+    /// Add an upstream channel.
+    Add(Box<ChannelAdd>),
     /// List channels (upstream keys are never shown).
     List,
     /// Disable a channel.
@@ -167,8 +167,21 @@ pub struct ChannelAdd {
     pub priority: i64,
     #[arg(long, default_value_t = 1)]
     pub weight: i64,
+    /// openai, azure, anthropic or gemini.
     #[arg(long, default_value = "openai")]
     pub kind: String,
+    /// HTTP(S) proxy for this channel's upstream calls.
+    #[arg(long, default_value = "")]
+    pub proxy_url: String,
+    /// Upstream timeout in seconds (default: relay.first_byte_timeout_secs).
+    #[arg(long, default_value_t = 0)]
+    pub timeout_secs: i64,
+    /// Extra header sent upstream, `Name: value`; repeatable.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// Azure OpenAI api-version.
+    #[arg(long, default_value = "")]
+    pub api_version: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -472,12 +485,20 @@ async fn channel_cmd(c: ChannelCmd, store: &Store) -> anyhow::Result<()> {
     };
     match c {
         ChannelCmd::Add(a) => {
+            let a = *a;
             let mut mapping = std::collections::BTreeMap::new();
             for m in &a.mapping {
                 let (from, to) = m
                     .split_once('=')
                     .with_context(|| format!("--map `{m}` must look like asked=sent"))?;
                 mapping.insert(from.trim().to_string(), to.trim().to_string());
+            }
+            let mut headers = std::collections::BTreeMap::new();
+            for h in &a.headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header `{h}` must look like `Name: value`"))?;
+                headers.insert(k.trim().to_string(), v.trim().to_string());
             }
             let row = relay::channels::add(
                 store,
@@ -491,6 +512,10 @@ async fn channel_cmd(c: ChannelCmd, store: &Store) -> anyhow::Result<()> {
                     groups: a.groups,
                     priority: a.priority,
                     weight: a.weight,
+                    proxy_url: a.proxy_url,
+                    timeout_secs: a.timeout_secs,
+                    headers,
+                    api_version: a.api_version,
                 },
             )
             .await?;
@@ -498,15 +523,22 @@ async fn channel_cmd(c: ChannelCmd, store: &Store) -> anyhow::Result<()> {
         }
         ChannelCmd::List => {
             for c in store.channels().await? {
+                let state = match c.status {
+                    1 => "enabled".to_string(),
+                    2 => format!("auto-disabled ({})", c.disabled_reason),
+                    _ => "disabled".to_string(),
+                };
                 out(format!(
-                    "{:>4}  {:<20} {:<8} {:<40} priority {:>3} weight {:>3} {} keys  models: {}",
+                    "{:>4}  {:<20} {:<9} {:<8} {:<40} priority {:>3} weight {:>3} {} keys ({} disabled)  models: {}",
                     c.id,
                     c.name,
-                    if c.status == 1 { "enabled" } else { "disabled" },
+                    c.kind,
+                    state,
                     c.base_url,
                     c.priority,
                     c.weight,
                     c.api_keys.len(),
+                    c.disabled_keys.len(),
                     c.models.join(",")
                 ));
             }

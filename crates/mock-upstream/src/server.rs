@@ -389,7 +389,26 @@ async fn handle(
     req: Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path();
+    // Azure OpenAI: /openai/deployments/{deployment}/chat/completions?api-version=…
+    // with the key in `api-key`; served like the OpenAI path it stands for.
+    let azure_path;
+    let azure = parts.uri.path().starts_with("/openai/deployments/");
+    let path = if azure {
+        let rest = &parts.uri.path()["/openai/deployments/".len()..];
+        let suffix = rest.split_once('/').map(|(_, s)| s).unwrap_or("");
+        if !parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version=")))
+        {
+            return ApiError::new(404, "invalid_request_error", "Resource not found")
+                .into_response();
+        }
+        azure_path = format!("/v1/{suffix}");
+        azure_path.as_str()
+    } else {
+        parts.uri.path()
+    };
     if path == "/health" || path == "/healthz" {
         return json_response(StatusCode::OK, r#"{"status":"ok"}"#);
     }
@@ -455,7 +474,7 @@ async fn handle(
         }
     }
 
-    if let Err(e) = check_auth(&parts.headers) {
+    if let Err(e) = check_auth(&parts.headers, azure) {
         return e.into_response();
     }
 
@@ -489,14 +508,19 @@ fn behavior_error(dialect: Dialect, status: u16) -> ApiError {
     }
 }
 
-fn check_auth(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+fn check_auth(headers: &HeaderMap, azure: bool) -> Result<(), ApiError> {
+    let name = if azure { "api-key" } else { "authorization" };
+    let Some(value) = headers.get(name) else {
         return Err(errors::missing_key());
     };
     let value = String::from_utf8_lossy(value.as_bytes());
-    let key = match value.split_once(' ') {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
-        _ => return Err(errors::missing_key()),
+    let key = if azure {
+        value.trim()
+    } else {
+        match value.split_once(' ') {
+            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") => key.trim(),
+            _ => return Err(errors::missing_key()),
+        }
     };
     if key.is_empty() {
         Err(errors::missing_key())

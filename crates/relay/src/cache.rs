@@ -39,11 +39,34 @@ pub struct ChannelEntry {
     pub kind: String,
     /// Without a trailing `/`, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
+    /// Keys in use (the ones not disabled).
     pub keys: Vec<String>,
+    /// Every configured key, for probing a channel that has none left.
+    pub all_keys: Vec<String>,
     next_key: AtomicUsize,
     pub mapping: HashMap<String, String>,
+    pub models: Vec<String>,
     pub priority: i64,
     pub weight: u32,
+    /// 1 enabled, 2 disabled automatically (probed).
+    pub status: i64,
+    /// Set when the channel was just disabled, so no request picks it in the
+    /// moment before the snapshot is rebuilt.
+    pub tripped: std::sync::atomic::AtomicBool,
+    /// Consecutive failures since the last success (kept across reloads).
+    pub failures: Arc<std::sync::atomic::AtomicU32>,
+    /// A client with this channel's proxy, when it has one.
+    pub client: Option<reqwest::Client>,
+    /// Seconds; 0 = the relay's default.
+    pub timeout_secs: u64,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub api_version: String,
+}
+
+/// The tag under which a disabled upstream key is recorded: the first 16
+/// hex digits of its SHA-256 (the key itself is never stored twice).
+pub fn key_tag(key: &str) -> String {
+    accounts::secret_hash(key)[..16].to_string()
 }
 
 impl ChannelEntry {
@@ -54,6 +77,11 @@ impl ChannelEntry {
         }
         let i = self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len();
         &self.keys[i]
+    }
+
+    /// The first model a probe can ask for, as sent upstream.
+    pub fn probe_model(&self) -> Option<&str> {
+        self.models.first().map(|m| self.upstream_model(m))
     }
 
     /// The model name to send upstream.
@@ -70,6 +98,8 @@ pub struct Tier {
 
 #[derive(Default)]
 pub struct Snapshot {
+    /// Every channel not disabled by an operator, by id.
+    pub channels: HashMap<i64, Arc<ChannelEntry>>,
     pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
     pub users: HashMap<i64, Arc<UserEntry>>,
     /// group → model → tiers.
@@ -97,11 +127,12 @@ impl Snapshot {
     }
 }
 
-/// Wallets by id, kept across snapshots.
+/// Wallets by id, and channels' failure runs, kept across snapshots.
 #[derive(Default)]
 pub struct Wallets {
     users: Mutex<HashMap<i64, Arc<Wallet>>>,
     keys: Mutex<HashMap<i64, Arc<Wallet>>>,
+    channel_failures: Mutex<HashMap<i64, Arc<std::sync::atomic::AtomicU32>>>,
 }
 
 fn wallet_for(map: &Mutex<HashMap<i64, Arc<Wallet>>>, id: i64, committed: i64) -> Arc<Wallet> {
@@ -128,27 +159,74 @@ fn decimal_or_one(s: &str) -> Decimal {
     billing::parse_decimal(s).unwrap_or(Decimal::ONE)
 }
 
-fn channel_entry(c: &ChannelRow) -> ChannelEntry {
+fn channel_entry(
+    c: &ChannelRow,
+    cfg: &crate::RelayConfig,
+    failures: Arc<std::sync::atomic::AtomicU32>,
+) -> ChannelEntry {
+    let client = if c.proxy_url.is_empty() {
+        None
+    } else {
+        match crate::upstream::client_with_proxy(cfg, &c.proxy_url) {
+            Ok(cl) => Some(cl),
+            Err(e) => {
+                tracing::error!(channel = c.id, error = %e, "the channel's proxy is unusable; calling directly");
+                None
+            }
+        }
+    };
     ChannelEntry {
         id: c.id,
         name: c.name.clone(),
         kind: c.kind.clone(),
         base_url: c.base_url.trim_end_matches('/').to_string(),
-        keys: c.api_keys.clone(),
+        keys: c
+            .api_keys
+            .iter()
+            .filter(|k| !c.disabled_keys.contains_key(&key_tag(k)))
+            .cloned()
+            .collect(),
+        all_keys: c.api_keys.clone(),
         next_key: AtomicUsize::new(0),
         mapping: c
             .model_mapping
             .iter()
             .map(|(a, b)| (a.clone(), b.clone()))
             .collect(),
+        models: c.models.clone(),
         priority: c.priority,
         weight: c.weight.clamp(0, u32::MAX as i64) as u32,
+        status: c.status,
+        tripped: std::sync::atomic::AtomicBool::new(false),
+        failures,
+        client,
+        timeout_secs: c.timeout_secs.max(0) as u64,
+        headers: c
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    http::HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect(),
+        api_version: c.api_version.clone(),
     }
+}
+
+/// A channel entry outside any snapshot (to test a disabled channel).
+pub fn entry_for_test(c: &ChannelRow, cfg: &crate::RelayConfig) -> ChannelEntry {
+    channel_entry(c, cfg, Arc::default())
 }
 
 /// Builds a snapshot from the database. Must run on the storage writer
 /// (it refreshes wallets from committed values).
-pub async fn load(store: &Store, wallets: &Wallets) -> storage::Result<Snapshot> {
+pub async fn load(
+    store: &Store,
+    wallets: &Wallets,
+    cfg: &crate::RelayConfig,
+) -> storage::Result<Snapshot> {
     let groups: HashMap<String, Decimal> = store
         .groups()
         .await?
@@ -207,10 +285,25 @@ pub async fn load(store: &Store, wallets: &Wallets) -> storage::Result<Snapshot>
     }
     let mut tiers: HashMap<String, HashMap<String, Vec<Tier>>> = HashMap::new();
     for c in store.channels().await? {
-        if c.status != 1 {
+        if c.status == 0 {
             continue;
         }
-        let entry = Arc::new(channel_entry(&c));
+        let failures = wallets
+            .channel_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(c.id)
+            .or_default()
+            .clone();
+        if c.status != 1 {
+            // a disabled channel starts a fresh run when it comes back
+            failures.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        let entry = Arc::new(channel_entry(&c, cfg, failures));
+        snap.channels.insert(c.id, entry.clone());
+        if c.status != 1 || entry.keys.is_empty() {
+            continue;
+        }
         for g in &c.groups {
             let by_model = tiers.entry(g.clone()).or_default();
             for m in &c.models {
@@ -249,7 +342,11 @@ pub fn candidate_order(tiers: &[Tier], limit: usize) -> Vec<Arc<ChannelEntry>> {
     let mut out = Vec::with_capacity(limit.min(8));
     let mut rng = rand::rng();
     for t in tiers {
-        let mut pool: Vec<&Arc<ChannelEntry>> = t.channels.iter().collect();
+        let mut pool: Vec<&Arc<ChannelEntry>> = t
+            .channels
+            .iter()
+            .filter(|c| !c.tripped.load(Ordering::Relaxed))
+            .collect();
         while !pool.is_empty() && out.len() < limit {
             let total: u64 = pool.iter().map(|c| u64::from(c.weight.max(1))).sum();
             let mut r = rng.random_range(0..total);
@@ -282,10 +379,19 @@ mod tests {
             kind: "openai".into(),
             base_url: String::new(),
             keys: vec!["a".into(), "b".into()],
+            all_keys: vec!["a".into(), "b".into()],
             next_key: AtomicUsize::new(0),
             mapping: HashMap::new(),
+            models: vec![],
             priority,
             weight,
+            status: 1,
+            tripped: std::sync::atomic::AtomicBool::new(false),
+            failures: Arc::default(),
+            client: None,
+            timeout_secs: 0,
+            headers: vec![],
+            api_version: String::new(),
         })
     }
 

@@ -5,7 +5,7 @@
 use storage::{ChannelPatch, ChannelRow, NewChannel, StorageError, Store};
 
 /// Channel kinds this version relays to.
-pub const KINDS: &[&str] = &["openai", "anthropic", "gemini"];
+pub const KINDS: &[&str] = &["openai", "azure", "anthropic", "gemini"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -24,6 +24,16 @@ fn check_url(url: &str) -> Result<(), ChannelError> {
     } else {
         Err(ChannelError::Invalid(format!(
             "base_url `{url}` must be an http:// or https:// URL, e.g. https://api.openai.com/v1"
+        )))
+    }
+}
+
+fn check_proxy(url: &str) -> Result<(), ChannelError> {
+    if url.is_empty() || url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ChannelError::Invalid(format!(
+            "proxy_url `{url}` must be an http:// or https:// proxy URL"
         )))
     }
 }
@@ -55,6 +65,7 @@ pub async fn add(store: &Store, c: NewChannel) -> Result<ChannelRow, ChannelErro
             "a channel needs at least one upstream API key".into(),
         ));
     }
+    check_proxy(&c.proxy_url)?;
     if c.weight < 0 {
         return Err(ChannelError::Invalid("weight must be 0 or more".into()));
     }
@@ -74,6 +85,9 @@ pub async fn update(store: &Store, id: i64, p: ChannelPatch) -> Result<ChannelRo
         return Err(ChannelError::Invalid(
             "status must be 1 (enabled) or 0 (disabled)".into(),
         ));
+    }
+    if let Some(u) = &p.proxy_url {
+        check_proxy(u)?;
     }
     Ok(store.update_channel(id, &p).await?)
 }

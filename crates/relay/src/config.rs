@@ -35,6 +35,12 @@ pub struct RelayConfig {
     /// Safety-net reload of keys, users, channels and prices from the
     /// database (changes made through this process apply at once).
     pub refresh_secs: u64,
+    /// Consecutive failures (connection errors, timeouts, 5xx) after which
+    /// a channel is disabled automatically; 0 = never.
+    pub channel_failure_threshold: u32,
+    /// How often automatically disabled channels are probed and re-enabled
+    /// when they answer again; 0 = never.
+    pub probe_interval_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -54,6 +60,8 @@ impl Default for RelayConfig {
             flush_interval_ms: 5,
             flush_max_batch: 512,
             refresh_secs: 10,
+            channel_failure_threshold: 5,
+            probe_interval_secs: 60,
         }
     }
 }

@@ -28,7 +28,7 @@ impl Api {
     /// The dialect of a channel kind.
     pub fn of_kind(kind: &str) -> Option<Api> {
         match kind {
-            "openai" => Some(Api::OpenAi),
+            "openai" | "azure" => Some(Api::OpenAi),
             "anthropic" => Some(Api::Anthropic),
             "gemini" => Some(Api::Gemini),
             _ => None,

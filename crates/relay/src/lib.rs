@@ -20,5 +20,5 @@ pub mod writer;
 pub use cache::{KeyEntry, Snapshot, UserEntry};
 pub use config::RelayConfig;
 pub use error::{ErrorKind, RelayError};
-pub use proxy::{Endpoint, Inbound, OutBody, Outbound, Relay};
+pub use proxy::{ChannelTest, Endpoint, Inbound, OutBody, Outbound, Relay};
 pub use upstream::install_crypto_provider;

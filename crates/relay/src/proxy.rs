@@ -100,6 +100,29 @@ pub struct Outbound {
     pub body: OutBody,
 }
 
+/// The result of a channel test or probe.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChannelTest {
+    pub ok: bool,
+    /// The upstream's HTTP status, when it answered.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    pub model: String,
+    pub message: String,
+}
+
+impl ChannelTest {
+    fn failed(message: &str, latency_ms: u64, status: Option<u16>) -> ChannelTest {
+        ChannelTest {
+            ok: false,
+            status,
+            latency_ms,
+            model: String::new(),
+            message: message.to_string(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct RelayStats {
     /// Largest SSE buffer any stream held (bytes).
@@ -137,6 +160,18 @@ struct Meter {
     anthropic_beta: Option<String>,
 }
 
+/// What an attempt says about the channel's health.
+enum Blame {
+    None,
+    /// An outage: connection error, timeout, 5xx. Counts towards disabling.
+    Outage,
+    /// The key used was refused (credentials, no credit): disable that key.
+    Key(String),
+}
+
+/// Azure OpenAI `api-version` used when a channel names none.
+const AZURE_API_VERSION: &str = "2024-10-21";
+
 enum Attempt {
     Done(Outbound),
     /// Try the next channel.
@@ -173,7 +208,7 @@ impl Relay {
     /// refresh. The writer stops when the relay is dropped.
     pub async fn start(store: Store, cfg: RelayConfig) -> Result<Arc<Relay>, RelayError> {
         let wallets = Arc::new(Wallets::default());
-        let snap = cache::load(&store, &wallets)
+        let snap = cache::load(&store, &wallets, &cfg)
             .await
             .map_err(|e| RelayError::new(ErrorKind::Internal, e.to_string()))?;
         let snapshot = Arc::new(ArcSwap::from_pointee(snap));
@@ -184,6 +219,7 @@ impl Relay {
             wallets,
             flush_interval: Duration::from_millis(cfg.flush_interval_ms.max(1)),
             max_batch: cfg.flush_max_batch.max(1),
+            cfg: cfg.clone(),
         };
         tokio::spawn(writer.run(rx));
         let client = upstream::client(&cfg)
@@ -208,6 +244,19 @@ impl Relay {
                     tick.tick().await;
                     let Some(r) = weak.upgrade() else { break };
                     let _ = r.writer.send(WriteMsg::Reload(None)).await;
+                }
+            });
+        }
+        if relay.cfg.probe_interval_secs > 0 {
+            let weak = Arc::downgrade(&relay);
+            let every = Duration::from_secs(relay.cfg.probe_interval_secs);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(r) = weak.upgrade() else { break };
+                    r.probe_disabled_channels().await;
                 }
             });
         }
@@ -435,18 +484,38 @@ impl Relay {
         };
         let mut last: Option<RelayError> = None;
         let mut last_channel = 0;
-        for ch in candidates {
-            last_channel = ch.id;
-            match self.attempt(&ch, &mut meter).await {
-                Attempt::Done(out) => return Ok(out),
-                Attempt::Retry(e) => {
-                    tracing::warn!(request_id = %meter.request_id, channel = ch.id, error = %e.message, "upstream attempt failed");
-                    last = Some(e);
-                }
-                Attempt::Fatal(e) => {
-                    last = Some(e);
+        let mut attempts_left = self.cfg.retries as usize + 1;
+        'channels: for ch in candidates {
+            // a refused key is retried on the same channel with its next key
+            let mut keys_tried: Vec<String> = Vec::new();
+            while attempts_left > 0 {
+                attempts_left -= 1;
+                last_channel = ch.id;
+                let key = ch.next_key().to_string();
+                if keys_tried.contains(&key) {
                     break;
                 }
+                let (result, blame) = self.attempt(&ch, &key, &mut meter).await;
+                let key_refused = matches!(blame, Blame::Key(_));
+                self.record_health(&ch, &key, blame);
+                match result {
+                    Attempt::Done(out) => return Ok(out),
+                    Attempt::Retry(e) => {
+                        tracing::warn!(request_id = %meter.request_id, channel = ch.id, error = %e.message, "upstream attempt failed");
+                        last = Some(e);
+                    }
+                    Attempt::Fatal(e) => {
+                        last = Some(e);
+                        break 'channels;
+                    }
+                }
+                if !(key_refused && ch.keys.len() > 1) {
+                    break;
+                }
+                keys_tried.push(key);
+            }
+            if attempts_left == 0 {
+                break;
             }
         }
         let err = last.unwrap_or_else(|| {
@@ -457,6 +526,218 @@ impl Relay {
         });
         self.log_failure(meter, last_channel, &err).await;
         Err(err)
+    }
+
+    /// Applies what an attempt said about a channel: success resets its
+    /// failure run; an outage extends it and disables the channel at the
+    /// threshold; a refused key is disabled (and the channel with it when it
+    /// was the last one). The writes happen off the request path.
+    fn record_health(self: &Arc<Self>, ch: &Arc<ChannelEntry>, key: &str, blame: Blame) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match blame {
+            Blame::None => {
+                if ch.failures.load(Relaxed) != 0 {
+                    ch.failures.store(0, Relaxed);
+                }
+            }
+            Blame::Outage => {
+                let n = ch.failures.fetch_add(1, Relaxed) + 1;
+                let limit = self.cfg.channel_failure_threshold;
+                if limit > 0 && n == limit {
+                    ch.tripped.store(true, Relaxed);
+                    let reason = format!("{n} consecutive failures");
+                    self.disable_channel_later(ch.id, reason);
+                }
+            }
+            Blame::Key(reason) => {
+                let relay = self.clone();
+                let tag = cache::key_tag(key);
+                let id = ch.id;
+                let last_key = ch.keys.len() <= 1;
+                if last_key {
+                    ch.tripped.store(true, Relaxed);
+                }
+                tokio::spawn(async move {
+                    tracing::error!(channel = id, key = %tag, reason = %reason, "upstream key disabled");
+                    if let Err(e) = relay.store.disable_channel_key(id, &tag, &reason).await {
+                        tracing::error!(channel = id, error = %e, "recording a disabled key failed");
+                    }
+                    if last_key {
+                        let why = format!("no working key left (last: {reason})");
+                        let _ = relay.store.auto_disable_channel(id, &why).await;
+                    }
+                    let _ = relay.reload().await;
+                });
+            }
+        }
+    }
+
+    fn disable_channel_later(self: &Arc<Self>, id: i64, reason: String) {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            match relay.store.auto_disable_channel(id, &reason).await {
+                Ok(true) => {
+                    tracing::error!(channel = id, reason = %reason, "channel disabled automatically; it is probed and re-enabled when it recovers");
+                    let _ = relay.reload().await;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(channel = id, error = %e, "disabling a channel failed"),
+            }
+        });
+    }
+
+    /// Probes every automatically disabled channel once and re-enables the
+    /// ones that answer.
+    pub async fn probe_disabled_channels(self: &Arc<Self>) {
+        let snap = self.snapshot();
+        let disabled: Vec<Arc<ChannelEntry>> = snap
+            .channels
+            .values()
+            .filter(|c| c.status == 2)
+            .cloned()
+            .collect();
+        drop(snap);
+        for ch in disabled {
+            let r = self.probe(&ch).await;
+            if r.ok {
+                match self.store.auto_enable_channel(ch.id).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            channel = ch.id,
+                            latency_ms = r.latency_ms,
+                            "channel answered its probe; re-enabled"
+                        );
+                        let _ = self.reload().await;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(channel = ch.id, error = %e, "re-enabling a channel failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one tiny request to a channel (any state but operator-disabled
+    /// ones are in the snapshot; others are loaded) and reports the result.
+    pub async fn test_channel(self: &Arc<Self>, id: i64) -> Result<ChannelTest, RelayError> {
+        let ch = match self.snapshot().channels.get(&id) {
+            Some(c) => c.clone(),
+            None => {
+                let row = self
+                    .store
+                    .channel(id)
+                    .await
+                    .map_err(|e| RelayError::new(ErrorKind::ModelNotFound, e.to_string()))?;
+                let mut row = row;
+                row.status = 1;
+                Arc::new(cache::entry_for_test(&row, &self.cfg))
+            }
+        };
+        Ok(self.probe(&ch).await)
+    }
+
+    async fn probe(&self, ch: &ChannelEntry) -> ChannelTest {
+        let started = Instant::now();
+        let Some(model) = ch.probe_model() else {
+            return ChannelTest::failed("the channel lists no model", 0, None);
+        };
+        let key = ch
+            .keys
+            .first()
+            .or(ch.all_keys.first())
+            .map(String::as_str)
+            .unwrap_or("");
+        let Some(api) = Api::of_kind(&ch.kind) else {
+            return ChannelTest::failed(&format!("unknown kind `{}`", ch.kind), 0, None);
+        };
+        let (path, body) = match api {
+            Api::OpenAi => (
+                "/chat/completions".to_string(),
+                serde_json::json!({"model": model, "max_tokens": 1,
+                    "messages": [{"role": "user", "content": "ping"}]}),
+            ),
+            Api::Anthropic => (
+                "/messages".to_string(),
+                serde_json::json!({"model": model, "max_tokens": 1,
+                    "messages": [{"role": "user", "content": "ping"}]}),
+            ),
+            Api::Gemini => (
+                format!("/models/{model}:generateContent"),
+                serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "ping"}]}],
+                    "generationConfig": {"maxOutputTokens": 1}}),
+            ),
+        };
+        let url = if ch.kind == "azure" {
+            let v = if ch.api_version.is_empty() {
+                AZURE_API_VERSION
+            } else {
+                &ch.api_version
+            };
+            format!(
+                "{}/openai/deployments/{model}{path}?api-version={v}",
+                ch.base_url
+            )
+        } else {
+            format!("{}{path}", ch.base_url)
+        };
+        let mut rb = ch
+            .client
+            .as_ref()
+            .unwrap_or(&self.client)
+            .post(url)
+            .json(&body);
+        for (k, v) in &ch.headers {
+            rb = rb.header(k, v);
+        }
+        rb = match api {
+            Api::OpenAi if ch.kind == "azure" => rb.header("api-key", key),
+            Api::OpenAi => rb.bearer_auth(key),
+            Api::Anthropic => rb
+                .header("x-api-key", key)
+                .header("anthropic-version", "2023-06-01"),
+            Api::Gemini => rb.header("x-goog-api-key", key),
+        };
+        let timeout = Duration::from_secs(if ch.timeout_secs > 0 {
+            ch.timeout_secs
+        } else {
+            30
+        });
+        match tokio::time::timeout(timeout, rb.send()).await {
+            Err(_) => ChannelTest::failed(
+                "no answer in time",
+                started.elapsed().as_millis() as u64,
+                None,
+            ),
+            Ok(Err(e)) => {
+                ChannelTest::failed(&error_chain(&e), started.elapsed().as_millis() as u64, None)
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status().as_u16();
+                let text = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+                let latency = started.elapsed().as_millis() as u64;
+                if (200..300).contains(&status) {
+                    ChannelTest {
+                        ok: true,
+                        status: Some(status),
+                        latency_ms: latency,
+                        model: model.to_string(),
+                        message: "ok".into(),
+                    }
+                } else {
+                    let mut t = ChannelTest::failed(
+                        &String::from_utf8_lossy(&text)
+                            .chars()
+                            .take(300)
+                            .collect::<String>(),
+                        latency,
+                        Some(status),
+                    );
+                    t.model = model.to_string();
+                    t
+                }
+            }
+        }
     }
 
     async fn reserve(
@@ -485,15 +766,23 @@ impl Relay {
         }
     }
 
-    async fn attempt(self: &Arc<Self>, ch: &Arc<ChannelEntry>, meter: &mut Meter) -> Attempt {
+    async fn attempt(
+        self: &Arc<Self>,
+        ch: &Arc<ChannelEntry>,
+        key: &str,
+        meter: &mut Meter,
+    ) -> (Attempt, Blame) {
         let Some(target) = Api::of_kind(&ch.kind) else {
-            return Attempt::Retry(RelayError::new(
-                ErrorKind::NoChannel,
-                format!(
-                    "Channel kind `{}` is not supported by this version.",
-                    ch.kind
-                ),
-            ));
+            return (
+                Attempt::Retry(RelayError::new(
+                    ErrorKind::NoChannel,
+                    format!(
+                        "Channel kind `{}` is not supported by this version.",
+                        ch.kind
+                    ),
+                )),
+                Blame::None,
+            );
         };
         let client = meter.endpoint.api();
         let upstream_model = ch.upstream_model(&meter.model).to_string();
@@ -512,48 +801,76 @@ impl Relay {
             &upstream_model,
         ) {
             Ok(r) => r,
-            Err(e) => return Attempt::Fatal(e),
+            Err(e) => return (Attempt::Fatal(e), Blame::None),
         };
-        let url = format!("{}{}", ch.base_url, req.path);
-        let first_byte = Duration::from_secs(self.cfg.first_byte_timeout_secs);
-        let rb = self
+        let url = if ch.kind == "azure" {
+            let version = if ch.api_version.is_empty() {
+                AZURE_API_VERSION
+            } else {
+                &ch.api_version
+            };
+            format!(
+                "{}/openai/deployments/{}{}?api-version={}",
+                ch.base_url, upstream_model, req.path, version
+            )
+        } else {
+            format!("{}{}", ch.base_url, req.path)
+        };
+        let first_byte = Duration::from_secs(if ch.timeout_secs > 0 {
+            ch.timeout_secs
+        } else {
+            self.cfg.first_byte_timeout_secs
+        });
+        let mut rb = ch
             .client
+            .as_ref()
+            .unwrap_or(&self.client)
             .post(url)
             .header(http::header::CONTENT_TYPE, "application/json");
+        for (k, v) in &ch.headers {
+            rb = rb.header(k, v);
+        }
         let rb = match target {
-            Api::OpenAi => rb.bearer_auth(ch.next_key()),
+            Api::OpenAi if ch.kind == "azure" => rb.header("api-key", key),
+            Api::OpenAi => rb.bearer_auth(key),
             Api::Anthropic => {
                 let version = meter.anthropic_version.as_deref().unwrap_or("2023-06-01");
                 let rb = rb
-                    .header("x-api-key", ch.next_key())
+                    .header("x-api-key", key)
                     .header("anthropic-version", version);
                 match &meter.anthropic_beta {
                     Some(beta) => rb.header("anthropic-beta", beta.as_str()),
                     None => rb,
                 }
             }
-            Api::Gemini => rb.header("x-goog-api-key", ch.next_key()),
+            Api::Gemini => rb.header("x-goog-api-key", key),
         };
         let send = rb.body(req.body).send();
         let resp = match tokio::time::timeout(first_byte, send).await {
             Err(_) => {
-                return Attempt::Retry(RelayError::new(
-                    ErrorKind::UpstreamTimeout,
-                    format!(
-                        "The upstream did not answer within {}s.",
-                        first_byte.as_secs()
-                    ),
-                ));
+                return (
+                    Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamTimeout,
+                        format!(
+                            "The upstream did not answer within {}s.",
+                            first_byte.as_secs()
+                        ),
+                    )),
+                    Blame::Outage,
+                );
             }
             Ok(Err(e)) => {
-                return Attempt::Retry(RelayError::new(
-                    if e.is_timeout() {
-                        ErrorKind::UpstreamTimeout
-                    } else {
-                        ErrorKind::UpstreamFailed
-                    },
-                    format!("The upstream could not be reached ({}).", error_chain(&e)),
-                ));
+                return (
+                    Attempt::Retry(RelayError::new(
+                        if e.is_timeout() {
+                            ErrorKind::UpstreamTimeout
+                        } else {
+                            ErrorKind::UpstreamFailed
+                        },
+                        format!("The upstream could not be reached ({}).", error_chain(&e)),
+                    )),
+                    Blame::Outage,
+                );
             }
             Ok(Ok(r)) => r,
         };
@@ -577,17 +894,20 @@ impl Relay {
                 .await
             {
                 Ok(Ok(b)) => b,
-                Ok(Err(e)) => return Attempt::Retry(e),
+                Ok(Err(e)) => return (Attempt::Retry(e), Blame::Outage),
                 Err(_) => {
-                    return Attempt::Retry(RelayError::new(
-                        ErrorKind::UpstreamTimeout,
-                        "The upstream stopped sending its answer.",
-                    ));
+                    return (
+                        Attempt::Retry(RelayError::new(
+                            ErrorKind::UpstreamTimeout,
+                            "The upstream stopped sending its answer.",
+                        )),
+                        Blame::Outage,
+                    );
                 }
             };
         let (body, usage) = match formats::convert_body(client, target, body, &meter.model) {
             Ok(x) => x,
-            Err(e) => return Attempt::Retry(e),
+            Err(e) => return (Attempt::Retry(e), Blame::Outage),
         };
         let mut counter = None;
         if usage.is_none() {
@@ -612,10 +932,13 @@ impl Relay {
             ttft,
         )
         .await;
-        Attempt::Done(Outbound {
-            status,
-            body: OutBody::Full(body),
-        })
+        (
+            Attempt::Done(Outbound {
+                status,
+                body: OutBody::Full(body),
+            }),
+            Blame::None,
+        )
     }
 
     async fn start_stream(
@@ -625,7 +948,7 @@ impl Relay {
         resp: reqwest::Response,
         upstream_model: String,
         target: Api,
-    ) -> Attempt {
+    ) -> (Attempt, Blame) {
         let status = resp.status().as_u16();
         let mut upstream = resp.bytes_stream();
         let mut split = SseSplitter::new(self.cfg.max_event_bytes);
@@ -639,30 +962,42 @@ impl Relay {
                 Ok(Some(ev)) => break ev,
                 Ok(None) => {}
                 Err(_) => {
-                    return Attempt::Retry(RelayError::new(
-                        ErrorKind::UpstreamFailed,
-                        "The upstream sent an oversized stream event.",
-                    ));
+                    return (
+                        Attempt::Retry(RelayError::new(
+                            ErrorKind::UpstreamFailed,
+                            "The upstream sent an oversized stream event.",
+                        )),
+                        Blame::Outage,
+                    );
                 }
             }
             match tokio::time::timeout_at(deadline, upstream.next()).await {
                 Err(_) => {
-                    return Attempt::Retry(RelayError::new(
-                        ErrorKind::UpstreamTimeout,
-                        "The upstream stream sent nothing in time.",
-                    ));
+                    return (
+                        Attempt::Retry(RelayError::new(
+                            ErrorKind::UpstreamTimeout,
+                            "The upstream stream sent nothing in time.",
+                        )),
+                        Blame::Outage,
+                    );
                 }
                 Ok(None) => {
-                    return Attempt::Retry(RelayError::new(
-                        ErrorKind::UpstreamFailed,
-                        "The upstream closed the stream before its first event.",
-                    ));
+                    return (
+                        Attempt::Retry(RelayError::new(
+                            ErrorKind::UpstreamFailed,
+                            "The upstream closed the stream before its first event.",
+                        )),
+                        Blame::Outage,
+                    );
                 }
                 Ok(Some(Err(e))) => {
-                    return Attempt::Retry(RelayError::new(
-                        ErrorKind::UpstreamFailed,
-                        format!("The upstream stream failed ({}).", error_chain(&e)),
-                    ));
+                    return (
+                        Attempt::Retry(RelayError::new(
+                            ErrorKind::UpstreamFailed,
+                            format!("The upstream stream failed ({}).", error_chain(&e)),
+                        )),
+                        Blame::Outage,
+                    );
                 }
                 Ok(Some(Ok(chunk))) => split.push(&chunk),
             }
@@ -671,7 +1006,10 @@ impl Relay {
         let mut conv = StreamConv::new(client, target, meter.client_wants_usage, &meter.model);
         let mut out = Vec::new();
         if let Err(e) = conv.event(first, &mut out) {
-            return Attempt::Retry(RelayError::new(ErrorKind::UpstreamFailed, e));
+            return (
+                Attempt::Retry(RelayError::new(ErrorKind::UpstreamFailed, e)),
+                Blame::Outage,
+            );
         }
         let (tx, rx) = mpsc::channel(self.cfg.stream_buffer_chunks.max(1));
         let meter = take_meter(meter);
@@ -701,10 +1039,13 @@ impl Relay {
                 .streams_in_flight
                 .fetch_sub(1, Ordering::Relaxed);
         });
-        Attempt::Done(Outbound {
-            status,
-            body: OutBody::Stream(rx),
-        })
+        (
+            Attempt::Done(Outbound {
+                status,
+                body: OutBody::Stream(rx),
+            }),
+            Blame::None,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -853,7 +1194,7 @@ async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Bytes, Relay
 /// trouble (authentication, quota, rate limits, outages) is retried on
 /// another channel and never shown as if the client's key were bad; a
 /// refusal of the request itself is passed on.
-fn classify_upstream_error(status: u16, body: Bytes, api: Api) -> Attempt {
+fn classify_upstream_error(status: u16, body: Bytes, api: Api) -> (Attempt, Blame) {
     let text = String::from_utf8_lossy(&body);
     let summary: String = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -864,37 +1205,52 @@ fn classify_upstream_error(status: u16, body: Bytes, api: Api) -> Attempt {
         })
         .unwrap_or_else(|| text.chars().take(200).collect());
     // Providers that report a channel's credentials or credit as a 4xx.
-    let channel_trouble = text.contains("insufficient_quota")
+    let key_trouble = text.contains("insufficient_quota")
         || text.contains("credit balance is too low")
         || text.contains("API_KEY_INVALID")
         || text.contains("API key not valid");
     match status {
-        _ if channel_trouble && (400..500).contains(&status) => Attempt::Retry(RelayError::new(
-            ErrorKind::UpstreamFailed,
-            "The upstream channel has run out of credit or refused its key.",
-        )),
-        429 => Attempt::Retry(RelayError::new(
-            ErrorKind::UpstreamRateLimited,
-            "The upstream is rate limiting requests; retry shortly.",
-        )),
-        401 | 403 => Attempt::Retry(RelayError::new(
-            ErrorKind::UpstreamFailed,
-            format!("The upstream channel refused its credentials (HTTP {status})."),
-        )),
-        404 | 408 | 409 => Attempt::Retry(RelayError::new(
-            ErrorKind::UpstreamFailed,
-            format!("The upstream answered HTTP {status}: {summary}"),
-        )),
+        _ if key_trouble && (400..500).contains(&status) => (
+            Attempt::Retry(RelayError::new(
+                ErrorKind::UpstreamFailed,
+                "The upstream channel has run out of credit or refused its key.",
+            )),
+            Blame::Key(format!("HTTP {status}: {summary}")),
+        ),
+        429 => (
+            Attempt::Retry(RelayError::new(
+                ErrorKind::UpstreamRateLimited,
+                "The upstream is rate limiting requests; retry shortly.",
+            )),
+            Blame::None,
+        ),
+        401 | 403 => (
+            Attempt::Retry(RelayError::new(
+                ErrorKind::UpstreamFailed,
+                format!("The upstream channel refused its credentials (HTTP {status})."),
+            )),
+            Blame::Key(format!("HTTP {status}: {summary}")),
+        ),
+        404 | 408 | 409 => (
+            Attempt::Retry(RelayError::new(
+                ErrorKind::UpstreamFailed,
+                format!("The upstream answered HTTP {status}: {summary}"),
+            )),
+            Blame::Outage,
+        ),
         400..=499 => {
             let mut e = RelayError::new(ErrorKind::UpstreamClient, summary);
             e.upstream = Some((status, body));
             e.upstream_api = Some(api);
-            Attempt::Fatal(e)
+            (Attempt::Fatal(e), Blame::None)
         }
-        _ => Attempt::Retry(RelayError::new(
-            ErrorKind::UpstreamFailed,
-            format!("The upstream failed with HTTP {status}: {summary}"),
-        )),
+        _ => (
+            Attempt::Retry(RelayError::new(
+                ErrorKind::UpstreamFailed,
+                format!("The upstream failed with HTTP {status}: {summary}"),
+            )),
+            Blame::Outage,
+        ),
     }
 }
 

@@ -73,7 +73,10 @@ mod tests {
         let chunked = c.finish();
         let whole = count(&"hello there \"friend\" ".repeat(5000));
         // counting in 16 KiB pieces only splits a few tokens at the seams
-        assert!(chunked.abs_diff(whole) * 100 <= whole, "{chunked} vs {whole}");
+        assert!(
+            chunked.abs_diff(whole) * 100 <= whole,
+            "{chunked} vs {whole}"
+        );
         assert!(whole > 20_000);
     }
 }

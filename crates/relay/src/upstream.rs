@@ -13,6 +13,18 @@ pub fn install_crypto_provider() {
 }
 
 pub fn client(cfg: &RelayConfig) -> Result<reqwest::Client, reqwest::Error> {
+    builder(cfg).build()
+}
+
+/// A client whose requests go through an HTTP(S) proxy.
+pub fn client_with_proxy(
+    cfg: &RelayConfig,
+    proxy: &str,
+) -> Result<reqwest::Client, reqwest::Error> {
+    builder(cfg).proxy(reqwest::Proxy::all(proxy)?).build()
+}
+
+fn builder(cfg: &RelayConfig) -> reqwest::ClientBuilder {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -29,5 +41,5 @@ pub fn client(cfg: &RelayConfig) -> Result<reqwest::Client, reqwest::Error> {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         builder = builder.tls_backend_preconfigured(tls);
     }
-    builder.build()
+    builder
 }

@@ -44,6 +44,7 @@ pub struct Writer {
     pub wallets: Arc<Wallets>,
     pub flush_interval: Duration,
     pub max_batch: usize,
+    pub cfg: crate::RelayConfig,
 }
 
 impl Writer {
@@ -131,7 +132,7 @@ impl Writer {
     }
 
     async fn reload(&self) -> storage::Result<()> {
-        let snap = cache::load(&self.store, &self.wallets).await?;
+        let snap = cache::load(&self.store, &self.wallets, &self.cfg).await?;
         self.snapshot.store(Arc::new(snap));
         Ok(())
     }

@@ -85,8 +85,21 @@ pub struct ChannelRow {
     pub groups: Vec<String>,
     pub priority: i64,
     pub weight: i64,
+    /// 1 enabled, 0 disabled by an operator, 2 disabled automatically.
     pub status: i64,
     pub created_at: i64,
+    pub disabled_reason: String,
+    pub disabled_at: i64,
+    /// SHA-256 prefix (16 hex) of a disabled upstream key → the reason.
+    pub disabled_keys: std::collections::BTreeMap<String, String>,
+    /// e.g. `http://proxy:3128` or `socks5://…`; empty = direct.
+    pub proxy_url: String,
+    /// Upstream request timeout; 0 = the relay's default.
+    pub timeout_secs: i64,
+    /// Extra headers sent upstream.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Azure OpenAI `api-version`.
+    pub api_version: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -108,6 +121,14 @@ pub struct NewChannel {
     pub priority: i64,
     #[serde(default = "default_weight")]
     pub weight: i64,
+    #[serde(default)]
+    pub proxy_url: String,
+    #[serde(default)]
+    pub timeout_secs: i64,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub api_version: String,
 }
 
 fn default_kind() -> String {
@@ -132,6 +153,10 @@ pub struct ChannelPatch {
     pub priority: Option<i64>,
     pub weight: Option<i64>,
     pub status: Option<i64>,
+    pub proxy_url: Option<String>,
+    pub timeout_secs: Option<i64>,
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    pub api_version: Option<String>,
 }
 
 /// A model's price: decimal USD per million tokens, kept as text so no

@@ -68,7 +68,7 @@ fn conflict(what: &str) -> impl FnOnce(sqlx::Error) -> StorageError + '_ {
 
 const USER_COLS: &str = "id, username, password_hash, role, status, user_group, balance, used, request_count, created_at";
 const KEY_COLS: &str = "id, user_id, name, key_hash, key_hint, status, expires_at, quota_limit, used, allowed_models, allowed_ips, created_at";
-const CHANNEL_COLS: &str = "id, name, kind, base_url, api_keys, models, model_mapping, groups, priority, weight, status, created_at";
+const CHANNEL_COLS: &str = "id, name, kind, base_url, api_keys, models, model_mapping, groups, priority, weight, status, created_at, disabled_reason, disabled_at, disabled_keys, proxy_url, timeout_secs, headers, api_version";
 const LOG_COLS: &str = "id, request_id, user_id, key_id, channel_id, endpoint, model, upstream_model, prompt_tokens, completion_tokens, cached_tokens, cost, latency_ms, ttft_ms, is_stream, status, estimated, client_ip, error, created_at";
 
 fn user_row(r: &AnyRow) -> Result<UserRow> {
@@ -117,6 +117,13 @@ fn channel_row(r: &AnyRow) -> Result<ChannelRow> {
         weight: r.try_get("weight")?,
         status: r.try_get("status")?,
         created_at: r.try_get("created_at")?,
+        disabled_reason: r.try_get("disabled_reason")?,
+        disabled_at: r.try_get("disabled_at")?,
+        disabled_keys: text_to_map(&r.try_get::<String, _>("disabled_keys")?),
+        proxy_url: r.try_get("proxy_url")?,
+        timeout_secs: r.try_get("timeout_secs")?,
+        headers: text_to_map(&r.try_get::<String, _>("headers")?),
+        api_version: r.try_get("api_version")?,
     })
 }
 
@@ -578,7 +585,8 @@ impl Store {
     pub async fn create_channel(&self, c: &NewChannel) -> Result<ChannelRow> {
         let row = sqlx::query(
             "INSERT INTO channels (name, kind, base_url, api_keys, models, model_mapping, groups, \
-             priority, weight, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+             priority, weight, created_at, proxy_url, timeout_secs, headers, api_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
         )
         .bind(&c.name)
         .bind(&c.kind)
@@ -590,6 +598,10 @@ impl Store {
         .bind(c.priority)
         .bind(c.weight)
         .bind(now_ms())
+        .bind(&c.proxy_url)
+        .bind(c.timeout_secs)
+        .bind(map_to_text(&c.headers))
+        .bind(&c.api_version)
         .fetch_one(&self.write)
         .await?;
         self.channel(row.try_get("id")?).await
@@ -617,7 +629,11 @@ impl Store {
         let cur = self.channel(id).await?;
         sqlx::query(
             "UPDATE channels SET name = $1, base_url = $2, api_keys = $3, models = $4, \
-             model_mapping = $5, groups = $6, priority = $7, weight = $8, status = $9 WHERE id = $10",
+             model_mapping = $5, groups = $6, priority = $7, weight = $8, status = $9, \
+             proxy_url = $11, timeout_secs = $12, headers = $13, api_version = $14, \
+             disabled_reason = CASE WHEN $9 = 1 THEN '' ELSE disabled_reason END, \
+             disabled_keys = CASE WHEN $15 = 1 THEN '' ELSE disabled_keys END \
+             WHERE id = $10",
         )
         .bind(p.name.clone().unwrap_or(cur.name))
         .bind(p.base_url.clone().unwrap_or(cur.base_url))
@@ -631,9 +647,61 @@ impl Store {
         .bind(p.weight.unwrap_or(cur.weight))
         .bind(p.status.unwrap_or(cur.status))
         .bind(id)
+        .bind(p.proxy_url.clone().unwrap_or(cur.proxy_url))
+        .bind(p.timeout_secs.unwrap_or(cur.timeout_secs))
+        .bind(map_to_text(p.headers.as_ref().unwrap_or(&cur.headers)))
+        .bind(p.api_version.clone().unwrap_or(cur.api_version))
+        // new keys: the old keys' disabled states no longer apply
+        .bind(i64::from(p.api_keys.is_some()))
         .execute(&self.write)
         .await?;
         self.channel(id).await
+    }
+
+    /// Disables a channel automatically (status 2) with a reason, unless an
+    /// operator disabled it. Returns whether the state changed.
+    pub async fn auto_disable_channel(&self, id: i64, reason: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE channels SET status = 2, disabled_reason = $1, disabled_at = $2 \
+             WHERE id = $3 AND status = 1",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Re-enables an automatically disabled channel after a good probe.
+    pub async fn auto_enable_channel(&self, id: i64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE channels SET status = 1, disabled_reason = '', disabled_at = 0, \
+             disabled_keys = '' WHERE id = $1 AND status = 2",
+        )
+        .bind(id)
+        .execute(&self.write)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Records that one upstream key of a channel stopped working.
+    pub async fn disable_channel_key(&self, id: i64, key_tag: &str, reason: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query("SELECT disabled_keys FROM channels WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StorageError::NotFound(format!("channel {id}")))?;
+        let mut keys = text_to_map(&row.try_get::<String, _>("disabled_keys")?);
+        keys.insert(key_tag.to_string(), reason.to_string());
+        sqlx::query("UPDATE channels SET disabled_keys = $1 WHERE id = $2")
+            .bind(map_to_text(&keys))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn delete_channel(&self, id: i64) -> Result<()> {

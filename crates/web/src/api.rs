@@ -211,6 +211,7 @@ pub fn router() -> Router<AppState> {
             "/channels/{id}",
             get(channel_get).patch(channel_patch).delete(channel_delete),
         )
+        .route("/channels/{id}/test", post(channel_test))
         .route("/prices", get(prices_list))
         .route("/prices/{*model}", put(price_put).delete(price_delete))
         .route("/groups", get(groups_list))
@@ -510,11 +511,18 @@ async fn key_delete(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) ->
 
 // ---- channels -----------------------------------------------------------
 
-/// A channel as the API shows it: keys counted, never returned.
+/// A channel as the API shows it: keys counted, never returned; its
+/// state and the keys that were disabled, with the reasons.
 fn channel_json(c: &ChannelRow) -> Value {
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert("key_count".into(), json!(c.api_keys.len()));
+        let state = match c.status {
+            1 => "enabled",
+            2 => "auto_disabled",
+            _ => "disabled",
+        };
+        o.insert("state".into(), json!(state));
     }
     v
 }
@@ -549,6 +557,16 @@ async fn channel_patch(
     let row = relay::channels::update(&s.store, id, p).await?;
     reload(&s).await?;
     Ok(Json(json!({"data": channel_json(&row)})))
+}
+
+/// Sends one tiny request through the channel and reports the result.
+async fn channel_test(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) -> ApiResult {
+    let r = s
+        .relay
+        .test_channel(id)
+        .await
+        .map_err(|e| ApiError::not_found(e.message))?;
+    Ok(Json(json!({"data": r})))
 }
 
 async fn channel_delete(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) -> ApiResult {

@@ -10,6 +10,7 @@
 )]
 
 mod billing_exact;
+mod channels;
 mod cli;
 mod dialects;
 mod errors;

@@ -3,6 +3,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod responses;
 
 /// Why a translation failed.
 #[derive(Debug, thiserror::Error)]
