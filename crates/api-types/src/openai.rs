@@ -23,6 +23,9 @@ pub struct RequestHead<'a> {
     pub max_tokens: Option<u64>,
     #[serde(default)]
     pub max_completion_tokens: Option<u64>,
+    /// Responses API.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
     #[serde(default)]
     pub n: Option<u64>,
     #[serde(default)]

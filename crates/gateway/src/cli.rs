@@ -182,6 +182,10 @@ pub struct ChannelAdd {
     /// Azure OpenAI api-version.
     #[arg(long, default_value = "")]
     pub api_version: String,
+    /// The channel serves the Responses API itself (else /v1/responses is
+    /// translated to chat completions for it).
+    #[arg(long)]
+    pub native_responses: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -516,6 +520,7 @@ async fn channel_cmd(c: ChannelCmd, store: &Store) -> anyhow::Result<()> {
                     timeout_secs: a.timeout_secs,
                     headers,
                     api_version: a.api_version,
+                    native_responses: a.native_responses,
                 },
             )
             .await?;

@@ -61,6 +61,8 @@ pub struct ChannelEntry {
     pub timeout_secs: u64,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub api_version: String,
+    /// Serves `/v1/responses` itself.
+    pub native_responses: bool,
 }
 
 /// The tag under which a disabled upstream key is recorded: the first 16
@@ -212,6 +214,7 @@ fn channel_entry(
             })
             .collect(),
         api_version: c.api_version.clone(),
+        native_responses: c.native_responses,
     }
 }
 
@@ -392,6 +395,7 @@ mod tests {
             timeout_secs: 0,
             headers: vec![],
             api_version: String::new(),
+            native_responses: false,
         })
     }
 

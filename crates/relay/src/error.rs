@@ -93,7 +93,10 @@ impl RelayError {
     /// The OpenAI-shaped body: `{"error":{"message","type","param","code","request_id"}}`.
     pub fn openai_body(&self, request_id: &str) -> bytes::Bytes {
         if let Some((_, raw)) = &self.upstream
-            && self.upstream_api == Some(crate::formats::Api::OpenAi)
+            && matches!(
+                self.upstream_api,
+                Some(crate::formats::Api::OpenAi | crate::formats::Api::Responses)
+            )
             && let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(raw)
             && let Some(e) = v.get_mut("error").and_then(|e| e.as_object_mut())
         {

@@ -15,13 +15,15 @@ use crate::error::{ErrorKind, RelayError};
 use crate::openai::{self, UsageCarrier};
 use crate::sse;
 use crate::tokens::StreamCounter;
-use crate::translate::{TranslateError, anthropic, gemini};
+use crate::translate::{TranslateError, anthropic, gemini, responses};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     OpenAi,
     Anthropic,
     Gemini,
+    /// OpenAI's Responses API (`/v1/responses`).
+    Responses,
 }
 
 impl Api {
@@ -117,6 +119,19 @@ pub fn build_request(
                 body,
             })
         }
+        (Api::Responses, Api::Responses) => {
+            let body = match rename {
+                Some(_) => Bytes::from(
+                    openai::rewrite_body(body, rename, false)
+                        .map_err(|e| RelayError::new(ErrorKind::BadRequest, e))?,
+                ),
+                None => body.clone(),
+            };
+            Ok(UpstreamRequest {
+                path: "/responses".into(),
+                body,
+            })
+        }
         (Api::Gemini, Api::Gemini) => Ok(UpstreamRequest {
             path: gemini_path(upstream_model),
             body: body.clone(),
@@ -138,6 +153,8 @@ pub fn build_request(
                 Api::Anthropic => anthropic::anthropic_to_chat_request(&v, upstream_model)
                     .map_err(translate_err)?,
                 Api::Gemini => gemini::gemini_to_chat_request(&v, upstream_model, shape.stream)
+                    .map_err(translate_err)?,
+                Api::Responses => responses::responses_to_chat_request(&v, upstream_model)
                     .map_err(translate_err)?,
             };
             if let Some(o) = chat.as_object_mut() {
@@ -172,6 +189,12 @@ pub fn build_request(
                     gemini_path(upstream_model),
                     gemini::chat_to_gemini_request(&chat).map_err(translate_err)?,
                 ),
+                Api::Responses => {
+                    return Err(RelayError::new(
+                        ErrorKind::Internal,
+                        "a Responses channel serves only Responses requests",
+                    ));
+                }
             };
             Ok(UpstreamRequest {
                 path,
@@ -190,6 +213,7 @@ fn body_usage(api: Api, v: &Value) -> Option<billing::Usage> {
             .map(openai::usage_of),
         Api::Anthropic => v.get("usage").and_then(anthropic::anthropic_usage),
         Api::Gemini => v.get("usageMetadata").and_then(gemini::gemini_usage),
+        Api::Responses => v.get("usage").and_then(responses::responses_usage),
     }
 }
 
@@ -200,6 +224,7 @@ pub fn convert_body(
     upstream: Api,
     body: Bytes,
     request_model: &str,
+    request: &[u8],
 ) -> Result<(Bytes, Option<billing::Usage>), RelayError> {
     let bad = |e: String| RelayError::new(ErrorKind::UpstreamFailed, e);
     if client == upstream {
@@ -222,6 +247,7 @@ pub fn convert_body(
         Api::OpenAi => v,
         Api::Anthropic => anthropic::anthropic_to_chat_response(&v, request_model).map_err(te)?,
         Api::Gemini => gemini::gemini_to_chat_response(&v, request_model).map_err(te)?,
+        Api::Responses => return Err(bad("a Responses answer for another dialect".into())),
     };
     let out = match client {
         Api::OpenAi => chat,
@@ -229,6 +255,10 @@ pub fn convert_body(
             anthropic::chat_to_anthropic_response(&chat, request_model).map_err(te)?
         }
         Api::Gemini => gemini::chat_to_gemini_response(&chat, request_model).map_err(te)?,
+        Api::Responses => {
+            let req: Value = serde_json::from_slice(request).unwrap_or(Value::Null);
+            responses::chat_to_responses_response(&chat, &req, request_model).map_err(te)?
+        }
     };
     Ok((to_bytes(&out), usage))
 }
@@ -267,6 +297,7 @@ enum Down {
     OpenAi,
     Anthropic(anthropic::ChatToAnthropicStream),
     Gemini(gemini::ChatToGeminiStream),
+    Responses(Box<responses::ChatToResponsesStream>),
 }
 
 /// Turns upstream SSE events into client SSE bytes and keeps the usage.
@@ -295,19 +326,26 @@ fn sse_data(v: &Value) -> Bytes {
 }
 
 impl StreamConv {
-    pub fn new(client: Api, upstream: Api, client_wants_usage: bool, request_model: &str) -> Self {
+    pub fn new(
+        client: Api,
+        upstream: Api,
+        client_wants_usage: bool,
+        request_model: &str,
+        request: &[u8],
+    ) -> Self {
         let native = client == upstream;
-        // Translated OpenAI streams always carry usage upstream; the chat
-        // chunks handed to the client include it only when asked.
+        // The hub chunks carry the usage chunk whenever another dialect
+        // comes after them (each reports usage in its own way); an OpenAI
+        // client gets it only when it asked (filtered in `emit`).
+        let hub_usage = client != Api::OpenAi || client_wants_usage;
         let up = match (native, upstream) {
             (false, Api::Anthropic) => Up::Anthropic(anthropic::AnthropicToChatStream::new(
                 request_model,
-                client == Api::OpenAi && client_wants_usage,
+                hub_usage,
             )),
-            (false, Api::Gemini) => Up::Gemini(gemini::GeminiToChatStream::new(
-                request_model,
-                client == Api::OpenAi && client_wants_usage,
-            )),
+            (false, Api::Gemini) => {
+                Up::Gemini(gemini::GeminiToChatStream::new(request_model, hub_usage))
+            }
             _ => Up::OpenAi,
         };
         let down = match (native, client) {
@@ -315,6 +353,13 @@ impl StreamConv {
                 Down::Anthropic(anthropic::ChatToAnthropicStream::new(request_model))
             }
             (false, Api::Gemini) => Down::Gemini(gemini::ChatToGeminiStream::new(request_model)),
+            (false, Api::Responses) => {
+                let req: Value = serde_json::from_slice(request).unwrap_or(Value::Null);
+                Down::Responses(Box::new(responses::ChatToResponsesStream::new(
+                    &req,
+                    request_model,
+                )))
+            }
             _ => Down::OpenAi,
         };
         StreamConv {
@@ -333,10 +378,10 @@ impl StreamConv {
     }
 
     pub fn usage(&self) -> Option<billing::Usage> {
-        match (&self.up, &self.down) {
-            (Up::Anthropic(a), _) => a.usage().or(self.usage),
-            (Up::Gemini(g), _) => g.usage().or(self.usage),
-            _ => self.usage,
+        match &self.up {
+            Up::Anthropic(a) => a.usage().or(self.usage),
+            Up::Gemini(g) => g.usage().or(self.usage),
+            Up::OpenAi => self.usage,
         }
     }
 
@@ -350,6 +395,7 @@ impl StreamConv {
         sse::collect_strings(data, b"\"arguments\"", &mut raw);
         sse::collect_strings(data, b"\"partial_json\"", &mut raw);
         sse::collect_strings(data, b"\"thinking\"", &mut raw);
+        sse::collect_strings(data, b"\"delta\"", &mut raw);
         if !raw.is_empty() {
             self.content_seen = true;
             self.counter.push(&raw);
@@ -446,6 +492,11 @@ impl StreamConv {
                         out.push(gemini_event(&v));
                     }
                 }
+                Down::Responses(d) => {
+                    for (name, v) in d.chunk(&c).map_err(|e| e.to_string())? {
+                        out.push(anthropic_event(name, &v));
+                    }
+                }
             }
         }
         Ok(())
@@ -508,6 +559,31 @@ impl StreamConv {
                     self.collect(data);
                 }
             }
+            Api::Responses => {
+                let name = event_name(&ev);
+                if matches!(
+                    name,
+                    "response.completed" | "response.incomplete" | "response.failed"
+                ) {
+                    self.done = true;
+                }
+                if name == "error" {
+                    return Err(format!(
+                        "the upstream reported an error: {}",
+                        String::from_utf8_lossy(data)
+                    ));
+                }
+                if has_object_field(data, b"\"usage\"")
+                    && let Ok(v) = serde_json::from_slice::<Value>(data)
+                    && let Some(u) = v
+                        .pointer("/response/usage")
+                        .and_then(responses::responses_usage)
+                {
+                    self.usage = Some(u);
+                } else {
+                    self.collect(data);
+                }
+            }
             Api::Gemini => {
                 if has_object_field(data, b"\"usageMetadata\"")
                     && let Ok(v) = serde_json::from_slice::<Value>(data)
@@ -535,7 +611,7 @@ impl StreamConv {
     /// Whether the upstream's end of stream is its normal end (Gemini
     /// streams have no end marker).
     pub fn eof_is_normal(&self) -> bool {
-        self.upstream == Api::Gemini
+        matches!(self.upstream, Api::Gemini | Api::Responses)
     }
 
     /// The upstream finished: closing events for the client.
@@ -562,6 +638,11 @@ impl StreamConv {
                     out.push(gemini_event(&v));
                 }
             }
+            Down::Responses(d) => {
+                for (name, v) in d.finish() {
+                    out.push(anthropic_event(name, &v));
+                }
+            }
         }
     }
 
@@ -573,6 +654,14 @@ impl StreamConv {
                 b.extend_from_slice(&err.openai_body(request_id));
                 b.extend_from_slice(b"\n\n");
                 Bytes::from(b)
+            }
+            Api::Responses => {
+                let (_, _, code) = err.parts();
+                anthropic_event(
+                    "error",
+                    &serde_json::json!({"type": "error", "code": code,
+                        "message": err.message, "param": null}),
+                )
             }
             Api::Anthropic => anthropic_event(
                 "error",
@@ -602,12 +691,12 @@ pub fn gemini_event(v: &Value) -> Bytes {
 pub fn error_body(api: Api, err: &RelayError, request_id: &str) -> Bytes {
     if let Some((_, raw)) = &err.upstream
         && err.upstream_api == Some(api)
-        && api != Api::OpenAi
+        && !matches!(api, Api::OpenAi | Api::Responses)
     {
         return raw.clone();
     }
     match api {
-        Api::OpenAi => err.openai_body(request_id),
+        Api::OpenAi | Api::Responses => err.openai_body(request_id),
         Api::Anthropic => {
             let mut v = anthropic::anthropic_error_body(err.status(), &err.message);
             if let Some(o) = v.as_object_mut() {

@@ -37,6 +37,8 @@ pub enum Endpoint {
     AnthropicMessages,
     /// Gemini `:generateContent` / `:streamGenerateContent`.
     GeminiGenerate,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
 }
 
 impl Endpoint {
@@ -45,6 +47,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Responses => "/responses",
             Endpoint::AnthropicMessages | Endpoint::GeminiGenerate => "",
         }
     }
@@ -56,6 +59,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::AnthropicMessages => "messages",
             Endpoint::GeminiGenerate => "generateContent",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -63,6 +67,7 @@ impl Endpoint {
         match self {
             Endpoint::AnthropicMessages => Api::Anthropic,
             Endpoint::GeminiGenerate => Api::Gemini,
+            Endpoint::Responses => Api::Responses,
             _ => Api::OpenAi,
         }
     }
@@ -441,7 +446,9 @@ impl Relay {
         let (max_out, n) = match api {
             Api::Gemini => openai::gemini_limits(&inb.body),
             _ => (
-                head.max_completion_tokens.or(head.max_tokens),
+                head.max_completion_tokens
+                    .or(head.max_tokens)
+                    .or(head.max_output_tokens),
                 head.n.unwrap_or(1),
             ),
         };
@@ -652,7 +659,7 @@ impl Relay {
             return ChannelTest::failed(&format!("unknown kind `{}`", ch.kind), 0, None);
         };
         let (path, body) = match api {
-            Api::OpenAi => (
+            Api::OpenAi | Api::Responses => (
                 "/chat/completions".to_string(),
                 serde_json::json!({"model": model, "max_tokens": 1,
                     "messages": [{"role": "user", "content": "ping"}]}),
@@ -691,8 +698,8 @@ impl Relay {
             rb = rb.header(k, v);
         }
         rb = match api {
-            Api::OpenAi if ch.kind == "azure" => rb.header("api-key", key),
-            Api::OpenAi => rb.bearer_auth(key),
+            Api::OpenAi | Api::Responses if ch.kind == "azure" => rb.header("api-key", key),
+            Api::OpenAi | Api::Responses => rb.bearer_auth(key),
             Api::Anthropic => rb
                 .header("x-api-key", key)
                 .header("anthropic-version", "2023-06-01"),
@@ -772,7 +779,14 @@ impl Relay {
         key: &str,
         meter: &mut Meter,
     ) -> (Attempt, Blame) {
-        let Some(target) = Api::of_kind(&ch.kind) else {
+        let native_responses = meter.endpoint == Endpoint::Responses
+            && ch.native_responses
+            && Api::of_kind(&ch.kind) == Some(Api::OpenAi);
+        let Some(target) = (if native_responses {
+            Some(Api::Responses)
+        } else {
+            Api::of_kind(&ch.kind)
+        }) else {
             return (
                 Attempt::Retry(RelayError::new(
                     ErrorKind::NoChannel,
@@ -831,8 +845,8 @@ impl Relay {
             rb = rb.header(k, v);
         }
         let rb = match target {
-            Api::OpenAi if ch.kind == "azure" => rb.header("api-key", key),
-            Api::OpenAi => rb.bearer_auth(key),
+            Api::OpenAi | Api::Responses if ch.kind == "azure" => rb.header("api-key", key),
+            Api::OpenAi | Api::Responses => rb.bearer_auth(key),
             Api::Anthropic => {
                 let version = meter.anthropic_version.as_deref().unwrap_or("2023-06-01");
                 let rb = rb
@@ -905,10 +919,11 @@ impl Relay {
                     );
                 }
             };
-        let (body, usage) = match formats::convert_body(client, target, body, &meter.model) {
-            Ok(x) => x,
-            Err(e) => return (Attempt::Retry(e), Blame::Outage),
-        };
+        let (body, usage) =
+            match formats::convert_body(client, target, body, &meter.model, &meter.body) {
+                Ok(x) => x,
+                Err(e) => return (Attempt::Retry(e), Blame::Outage),
+            };
         let mut counter = None;
         if usage.is_none() {
             let mut c = StreamCounter::default();
@@ -1003,7 +1018,13 @@ impl Relay {
             }
         };
         let client = meter.endpoint.api();
-        let mut conv = StreamConv::new(client, target, meter.client_wants_usage, &meter.model);
+        let mut conv = StreamConv::new(
+            client,
+            target,
+            meter.client_wants_usage,
+            &meter.model,
+            &meter.body,
+        );
         let mut out = Vec::new();
         if let Err(e) = conv.event(first, &mut out) {
             return (

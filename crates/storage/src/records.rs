@@ -100,6 +100,8 @@ pub struct ChannelRow {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Azure OpenAI `api-version`.
     pub api_version: String,
+    /// The channel serves `/v1/responses` itself.
+    pub native_responses: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -129,6 +131,8 @@ pub struct NewChannel {
     pub headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
+    pub native_responses: bool,
 }
 
 fn default_kind() -> String {
@@ -157,6 +161,7 @@ pub struct ChannelPatch {
     pub timeout_secs: Option<i64>,
     pub headers: Option<std::collections::BTreeMap<String, String>>,
     pub api_version: Option<String>,
+    pub native_responses: Option<bool>,
 }
 
 /// A model's price: decimal USD per million tokens, kept as text so no

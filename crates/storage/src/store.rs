@@ -68,7 +68,7 @@ fn conflict(what: &str) -> impl FnOnce(sqlx::Error) -> StorageError + '_ {
 
 const USER_COLS: &str = "id, username, password_hash, role, status, user_group, balance, used, request_count, created_at";
 const KEY_COLS: &str = "id, user_id, name, key_hash, key_hint, status, expires_at, quota_limit, used, allowed_models, allowed_ips, created_at";
-const CHANNEL_COLS: &str = "id, name, kind, base_url, api_keys, models, model_mapping, groups, priority, weight, status, created_at, disabled_reason, disabled_at, disabled_keys, proxy_url, timeout_secs, headers, api_version";
+const CHANNEL_COLS: &str = "id, name, kind, base_url, api_keys, models, model_mapping, groups, priority, weight, status, created_at, disabled_reason, disabled_at, disabled_keys, proxy_url, timeout_secs, headers, api_version, native_responses";
 const LOG_COLS: &str = "id, request_id, user_id, key_id, channel_id, endpoint, model, upstream_model, prompt_tokens, completion_tokens, cached_tokens, cost, latency_ms, ttft_ms, is_stream, status, estimated, client_ip, error, created_at";
 
 fn user_row(r: &AnyRow) -> Result<UserRow> {
@@ -124,6 +124,7 @@ fn channel_row(r: &AnyRow) -> Result<ChannelRow> {
         timeout_secs: r.try_get("timeout_secs")?,
         headers: text_to_map(&r.try_get::<String, _>("headers")?),
         api_version: r.try_get("api_version")?,
+        native_responses: r.try_get::<i64, _>("native_responses")? != 0,
     })
 }
 
@@ -585,8 +586,8 @@ impl Store {
     pub async fn create_channel(&self, c: &NewChannel) -> Result<ChannelRow> {
         let row = sqlx::query(
             "INSERT INTO channels (name, kind, base_url, api_keys, models, model_mapping, groups, \
-             priority, weight, created_at, proxy_url, timeout_secs, headers, api_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+             priority, weight, created_at, proxy_url, timeout_secs, headers, api_version, native_responses) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
         )
         .bind(&c.name)
         .bind(&c.kind)
@@ -602,6 +603,7 @@ impl Store {
         .bind(c.timeout_secs)
         .bind(map_to_text(&c.headers))
         .bind(&c.api_version)
+        .bind(i64::from(c.native_responses))
         .fetch_one(&self.write)
         .await?;
         self.channel(row.try_get("id")?).await
@@ -631,6 +633,7 @@ impl Store {
             "UPDATE channels SET name = $1, base_url = $2, api_keys = $3, models = $4, \
              model_mapping = $5, groups = $6, priority = $7, weight = $8, status = $9, \
              proxy_url = $11, timeout_secs = $12, headers = $13, api_version = $14, \
+             native_responses = $16, \
              disabled_reason = CASE WHEN $9 = 1 THEN '' ELSE disabled_reason END, \
              disabled_keys = CASE WHEN $15 = 1 THEN '' ELSE disabled_keys END \
              WHERE id = $10",
@@ -653,6 +656,9 @@ impl Store {
         .bind(p.api_version.clone().unwrap_or(cur.api_version))
         // new keys: the old keys' disabled states no longer apply
         .bind(i64::from(p.api_keys.is_some()))
+        .bind(i64::from(
+            p.native_responses.unwrap_or(cur.native_responses),
+        ))
         .execute(&self.write)
         .await?;
         self.channel(id).await

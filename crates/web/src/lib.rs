@@ -69,13 +69,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai_routes::completions))
         .route("/v1/embeddings", post(openai_routes::embeddings))
         .route("/v1/messages", post(openai_routes::anthropic_messages))
+        .route("/v1/responses", post(openai_routes::responses))
         .route("/v1beta/models", get(openai_routes::gemini_models))
         .route(
             "/v1beta/models/{*rest}",
-            post(openai_routes::gemini_generate),
+            post(openai_routes::gemini_generate).get(openai_routes::gemini_model_get),
         )
         .route("/v1/models", get(openai_routes::list_models))
-        .route("/v1/models/{*id}", get(openai_routes::get_model))
+        // POST: Gemini clients whose SDK defaults to the `v1` path
+        .route(
+            "/v1/models/{*id}",
+            get(openai_routes::get_model).post(openai_routes::gemini_generate),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(api::readyz))
         .nest("/api", api::router())

@@ -188,6 +188,14 @@ pub async fn embeddings(
     relay_endpoint(s, Endpoint::Embeddings, peer, req).await
 }
 
+pub async fn responses(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::Responses, peer, req).await
+}
+
 pub async fn anthropic_messages(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -245,6 +253,50 @@ pub async fn gemini_generate(
     .await
 }
 
+fn gemini_model(m: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": format!("models/{m}"), "displayName": m,
+        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+    })
+}
+
+/// `GET /v1beta/models/{model}`.
+pub async fn gemini_model_get(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(model): Path<String>,
+    req: Request,
+) -> Response {
+    let id = request_id();
+    let snap = s.relay.snapshot();
+    let headers = req.headers();
+    let ip = s.cfg.proxies.client_ip(peer.ip(), headers);
+    let model = model.strip_prefix("models/").unwrap_or(&model).to_string();
+    match s.relay.authenticate(
+        &snap,
+        api_key_any(headers, req.uri().query()).as_deref(),
+        ip,
+    ) {
+        Ok((key, user)) if s.relay.models_for(&key, &user).contains(&model) => {
+            with_request_id(axum::Json(gemini_model(&model)).into_response(), &id)
+        }
+        Ok(_) => {
+            let e = RelayError::new(
+                ErrorKind::ModelNotFound,
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            );
+            error_response_in(Api::Gemini, &e, &id)
+        }
+        Err(e) => error_response_in(Api::Gemini, &e, &id),
+    }
+}
+
+/// Whether a request comes from a Gemini client (its key header or `?key=`).
+fn is_gemini_client(headers: &HeaderMap, query: Option<&str>) -> bool {
+    headers.contains_key("x-goog-api-key")
+        || query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("key=")))
+}
+
 /// `GET /v1beta/models`: the models the key may use, in Gemini's shape.
 pub async fn gemini_models(
     State(s): State<AppState>,
@@ -265,12 +317,7 @@ pub async fn gemini_models(
                 .relay
                 .models_for(&key, &user)
                 .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "name": format!("models/{m}"), "displayName": m,
-                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
-                    })
-                })
+                .map(|m| gemini_model(m))
                 .collect();
             with_request_id(
                 axum::Json(serde_json::json!({ "models": models })).into_response(),
@@ -288,8 +335,12 @@ fn model_object(id: &str) -> serde_json::Value {
 pub async fn list_models(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    req: Request,
 ) -> Response {
+    if is_gemini_client(req.headers(), req.uri().query()) {
+        return gemini_models(State(s), ConnectInfo(peer), req).await;
+    }
+    let headers = req.headers().clone();
     let id = request_id();
     let snap = s.relay.snapshot();
     let ip = s.cfg.proxies.client_ip(peer.ip(), &headers);
@@ -335,8 +386,12 @@ pub async fn get_model(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(model): Path<String>,
-    headers: HeaderMap,
+    req: Request,
 ) -> Response {
+    if is_gemini_client(req.headers(), req.uri().query()) {
+        return gemini_model_get(State(s), ConnectInfo(peer), Path(model), req).await;
+    }
+    let headers = req.headers().clone();
     let id = request_id();
     let snap = s.relay.snapshot();
     let ip = s.cfg.proxies.client_ip(peer.ip(), &headers);
@@ -346,7 +401,13 @@ pub async fn get_model(
     {
         Ok((key, user)) => {
             if s.relay.models_for(&key, &user).contains(&model) {
-                with_request_id(axum::Json(model_object(&model)).into_response(), &id)
+                let body = if headers.contains_key("anthropic-version") {
+                    serde_json::json!({"type": "model", "id": model, "display_name": model,
+                        "created_at": "2025-01-01T00:00:00Z"})
+                } else {
+                    model_object(&model)
+                };
+                with_request_id(axum::Json(body).into_response(), &id)
             } else {
                 let e = RelayError::new(
                     ErrorKind::ModelNotFound,

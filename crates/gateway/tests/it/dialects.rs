@@ -472,3 +472,90 @@ async fn gemini_and_openai_translate_both_ways() {
     t.assert_ledger_ok().await;
     t.finish().await;
 }
+
+#[tokio::test]
+async fn responses_api_is_served_through_chat_channels() {
+    for kind in ["openai", "anthropic"] {
+        let (t, uid, key) = app_with(kind).await;
+        let body = json!({"model": MODEL, "instructions": "Be brief.", "input": "Say hi", "max_output_tokens": 100});
+        let r = t
+            .http
+            .post(t.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{kind}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["object"], "response");
+        assert_eq!(v["status"], "completed");
+        let text = v["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["type"] == "message")
+            .map(|i| i["content"][0]["text"].as_str().unwrap().to_string())
+            .unwrap();
+        assert!(text.len() > 3);
+        let input = v["usage"]["input_tokens"].as_u64().unwrap();
+        let output = v["usage"]["output_tokens"].as_u64().unwrap();
+        let log = last_cost(&t, uid).await;
+        assert_eq!(log.endpoint, "responses");
+        assert_eq!(
+            (log.prompt_tokens as u64, log.completion_tokens as u64),
+            (input, output)
+        );
+        assert_eq!(log.cost, cost(input, output, 0));
+
+        // streamed: typed events, ending with response.completed carrying usage
+        let mut body = body;
+        body["stream"] = json!(true);
+        let r = t
+            .http
+            .post(t.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let events = sse(&r.text().await.unwrap());
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names.first(),
+            Some(&"response.created"),
+            "{kind}: {names:?}"
+        );
+        assert_eq!(names.last(), Some(&"response.completed"));
+        assert!(names.contains(&"response.output_text.delta"));
+        assert!(
+            !events.iter().any(|(_, d)| d == "[DONE]"),
+            "the Responses stream has no [DONE]"
+        );
+        let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+        assert!(done["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0);
+        let log = last_cost(&t, uid).await;
+        assert!(log.is_stream && !log.estimated && log.cost > 0, "{log:?}");
+        // a built-in tool the chat channel cannot run is refused by name
+        let r = t
+            .http
+            .post(t.url("/v1/responses"))
+            .bearer_auth(&key)
+            .json(&json!({"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("web_search"),
+            "{v}"
+        );
+        t.assert_ledger_ok().await;
+        t.finish().await;
+    }
+}

@@ -1,7 +1,14 @@
-//! The gateway as the official `openai` Python SDK sees it: the real
-//! binary, set up through the management API, driven by
-//! `tests/python/test_openai_sdk.py` in a venv made from
+//! The gateway as the official Python SDKs see it (`openai`, `anthropic`,
+//! `google-genai`): the real binary, set up through the management API,
+//! driven by the scripts in `tests/python/` in a venv made from
 //! `tests/python/requirements.txt`.
+//!
+//! `official_openai_python_sdk_works_against_the_gateway` runs the openai
+//! script against an OpenAI channel, with the embeddings and legacy
+//! completions checks. `every_official_sdk_works_against_every_channel_kind`
+//! runs each SDK's script against a model served by a channel of each kind
+//! (`openai`, `anthropic`, `gemini`), so every client dialect meets every
+//! upstream dialect through the gateway's translation (3 x 3 runs).
 //!
 //! The venv lives in `CARGO_TARGET_TMPDIR/pyvenv-<hash of requirements.txt>`
 //! and is reused across runs; it needs `python3` (with `venv`) and PyPI.
@@ -64,7 +71,8 @@ fn venv_usable(dir: &Path) -> bool {
         && Command::new(dir.join("bin/python"))
             .args([
                 "-c",
-                "import importlib.util, sys; sys.exit(importlib.util.find_spec('openai') is None)",
+                "import importlib.util as u, sys; \
+                 sys.exit(any(u.find_spec(m) is None for m in ('openai', 'anthropic', 'google.genai')))",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -81,12 +89,12 @@ fn build_venv(dir: &Path, requirements: &Path) {
     match Command::new("python3").arg("--version").output() {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
-            "`python3 --version` failed ({}): {}; the openai SDK test needs Python 3",
+            "`python3 --version` failed ({}): {}; the Python SDK tests need Python 3",
             o.status,
             String::from_utf8_lossy(&o.stderr)
         ),
         Err(e) => panic!(
-            "python3 is not installed or not on PATH ({e}); the openai SDK test needs Python 3 \
+            "python3 is not installed or not on PATH ({e}); the Python SDK tests need Python 3 \
              with the venv module (Debian: apt-get install python3 python3-venv)"
         ),
     }
@@ -289,16 +297,20 @@ impl Api {
     }
 }
 
-#[tokio::test]
-async fn official_openai_python_sdk_works_against_the_gateway() {
-    let t0 = Instant::now();
-    let venv = tokio::task::spawn_blocking(ensure_venv).await.unwrap();
-    let t_venv = t0.elapsed();
+/// A running gateway binary on a fresh SQLite database, the mock upstream
+/// in process, and an admin session on the management API.
+struct Gateway {
+    svc: Service,
+    api: Api,
+    mock: mock_upstream::MockUpstream,
+    _tmp: tempfile::TempDir,
+}
 
+async fn start_gateway() -> Gateway {
     let mock = mock_upstream::MockUpstream::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}/t.db", tmp.path().display());
-    let mut svc = start_service(&db_url, tmp.path()).await;
+    let svc = start_service(&db_url, tmp.path()).await;
 
     // reqwest is built with `rustls-no-provider`; the app installs ring in
     // process, but this test runs the app as a separate binary
@@ -321,10 +333,103 @@ async fn official_openai_python_sdk_works_against_the_gateway() {
         .as_str()
         .unwrap_or_else(|| panic!("no token in {login}"))
         .to_string();
+    Gateway {
+        svc,
+        api,
+        mock,
+        _tmp: tmp,
+    }
+}
+
+/// One run of an SDK script.
+struct ScriptRun {
+    label: String,
+    elapsed: Duration,
+    /// The output, or why there is none (a time-out, a spawn error).
+    out: Result<std::process::Output, String>,
+}
+
+impl ScriptRun {
+    fn passed(&self) -> bool {
+        self.out.as_ref().is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("checks passed")
+        })
+    }
+
+    fn report(&self) -> String {
+        match &self.out {
+            Ok(o) => format!(
+                "=== {} ({}, {:.1}s)\n--- stdout\n{}--- stderr\n{}",
+                self.label,
+                o.status,
+                self.elapsed.as_secs_f64(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+            ),
+            Err(e) => format!("=== {}: {e}", self.label),
+        }
+    }
+}
+
+/// Runs `tests/python/{script}` in the venv with `env` (the gateway's URLs
+/// and keys); no SDK's own environment variables leak in.
+async fn run_script(
+    venv: PathBuf,
+    label: String,
+    script: &str,
+    env: Vec<(&'static str, String)>,
+) -> ScriptRun {
+    const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+    let mut cmd = tokio::process::Command::new(venv.join("bin/python"));
+    cmd.arg(python_dir().join(script))
+        .envs(env)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for var in [
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
+        "GOOGLE_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_GENAI_API_VERSION",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_CLOUD_LOCATION",
+        "GOOGLE_GEMINI_BASE_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    let t = Instant::now();
+    let out = match tokio::time::timeout(SCRIPT_TIMEOUT, cmd.output()).await {
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(e)) => Err(format!("cannot run {script}: {e}")),
+        Err(_) => Err(format!("{script} ran for over {SCRIPT_TIMEOUT:?}")),
+    };
+    ScriptRun {
+        label,
+        elapsed: t.elapsed(),
+        out,
+    }
+}
+
+#[tokio::test]
+async fn official_openai_python_sdk_works_against_the_gateway() {
+    let t0 = Instant::now();
+    let venv = tokio::task::spawn_blocking(ensure_venv).await.unwrap();
+    let t_venv = t0.elapsed();
+
+    let mut gw = start_gateway().await;
+    let api = &gw.api;
     api.post(
         "/api/channels",
         json!({
-            "name": "mock", "base_url": mock.base_url(), "api_keys": ["sk-mock"],
+            "name": "mock", "base_url": gw.mock.base_url(), "api_keys": ["sk-mock"],
             "models": ["gpt-4o-mini", "text-embedding-3-small", "gpt-3.5-turbo-instruct"],
         }),
     )
@@ -332,52 +437,215 @@ async fn official_openai_python_sdk_works_against_the_gateway() {
     let key = api.user_key("py", Some("5")).await;
     let poor_key = api.user_key("poor", None).await;
 
-    let script = python_dir().join("test_openai_sdk.py");
-    let t1 = Instant::now();
-    let run = tokio::process::Command::new(venv.join("bin/python"))
-        .arg(&script)
-        .env("GAP_BASE_URL", format!("http://{}/v1", svc.addr))
-        .env("GAP_API_KEY", &key)
-        .env("GAP_POOR_KEY", &poor_key)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("OPENAI_API_KEY")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run).await;
-    let t_script = t1.elapsed();
+    let addr = gw.svc.addr.clone();
+    let run = run_script(
+        venv,
+        "openai SDK x openai channel (gpt-4o-mini)".into(),
+        "test_openai_sdk.py",
+        vec![
+            ("GAP_BASE_URL", format!("http://{addr}/v1")),
+            ("GAP_ROOT_URL", format!("http://{addr}")),
+            ("GAP_API_KEY", key),
+            ("GAP_POOR_KEY", poor_key),
+            ("GAP_OPENAI_ONLY_CHECKS", "1".into()),
+        ],
+    )
+    .await;
 
-    let ledger = api
+    let ledger = gw
+        .api
         .call(reqwest::Method::GET, "/api/ledger/check", None)
         .await;
-    let status = stop_service(&mut svc).await;
-    let logs = svc.logs.lock().unwrap().clone();
+    let status = stop_service(&mut gw.svc).await;
+    let logs = gw.svc.logs.lock().unwrap().clone();
     println!(
         "venv {:.1}s, SDK script {:.1}s, {} upstream requests; service exit: {status:?}",
         t_venv.as_secs_f64(),
-        t_script.as_secs_f64(),
-        mock.requests()
+        run.elapsed.as_secs_f64(),
+        gw.mock.requests()
     );
-
-    let out = out
-        .unwrap_or_else(|_| panic!("the SDK script ran for over 180 s\n--- service log\n{logs}"));
-    let out = out.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
+    if let Ok(o) = &run.out {
+        println!("{}", String::from_utf8_lossy(&o.stdout));
+    }
     assert!(
-        out.status.success(),
-        "the openai SDK script failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- service log\n{logs}",
-        out.status
+        run.passed(),
+        "the openai SDK script failed:\n{}\n--- service log\n{logs}",
+        run.report()
     );
-    assert!(stdout.contains("checks passed"), "{stdout}\n{stderr}");
     assert_eq!(
         ledger["ok"],
         json!(true),
         "ledger check after the SDK run: {ledger}"
+    );
+}
+
+/// The channel kinds, each serving the model `m-{kind}` from the mock.
+const KINDS: [&str; 3] = ["openai", "anthropic", "gemini"];
+/// The SDKs: (name, script).
+const SDKS: [(&str, &str); 3] = [
+    ("openai", "test_openai_sdk.py"),
+    ("anthropic", "test_anthropic_sdk.py"),
+    ("google-genai", "test_genai_sdk.py"),
+];
+/// Scripts run at once (2 cores: more only slows each one's start-up).
+const PARALLEL_SCRIPTS: usize = 3;
+
+#[tokio::test]
+async fn every_official_sdk_works_against_every_channel_kind() {
+    let t0 = Instant::now();
+    let venv = tokio::task::spawn_blocking(ensure_venv).await.unwrap();
+    let t_venv = t0.elapsed();
+
+    let mut gw = start_gateway().await;
+    let api = &gw.api;
+    let mut channel_ids = Vec::new();
+    for kind in KINDS {
+        let base_url = match kind {
+            // the gateway appends /models/{m}:generateContent to a Gemini base
+            "gemini" => gw.mock.base_url().replace("/v1", "/v1beta"),
+            // /chat/completions (openai) or /messages (anthropic) to the others
+            _ => gw.mock.base_url(),
+        };
+        let model = format!("m-{kind}");
+        let mut models = vec![model.clone()];
+        if kind == "openai" {
+            // the openai script's GAP_OPENAI_ONLY_CHECKS
+            models.extend(["text-embedding-3-small", "gpt-3.5-turbo-instruct"].map(String::from));
+        }
+        let c = api
+            .post(
+                "/api/channels",
+                json!({
+                    "name": format!("mock-{kind}"), "kind": kind, "base_url": base_url,
+                    "api_keys": ["sk-mock"], "models": models,
+                }),
+            )
+            .await;
+        channel_ids.push(
+            c["data"]["id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no channel id in {c}")),
+        );
+        api.call(
+            reqwest::Method::PUT,
+            &format!("/api/prices/{model}"),
+            Some(json!({"input": "1", "output": "2"})),
+        )
+        .await;
+    }
+    let key = api.user_key("py", Some("5")).await;
+    let poor_key = api.user_key("poor", None).await;
+
+    let addr = gw.svc.addr.clone();
+    let t1 = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(PARALLEL_SCRIPTS));
+    let mut runs = tokio::task::JoinSet::new();
+    for (i, (sdk, script)) in SDKS.into_iter().enumerate() {
+        for (j, kind) in KINDS.into_iter().enumerate() {
+            let mut env = vec![
+                ("GAP_BASE_URL", format!("http://{addr}/v1")),
+                ("GAP_ROOT_URL", format!("http://{addr}")),
+                ("GAP_API_KEY", key.clone()),
+                ("GAP_POOR_KEY", poor_key.clone()),
+                ("GAP_MODEL", format!("m-{kind}")),
+            ];
+            if sdk == "openai" && kind == "openai" {
+                env.push(("GAP_OPENAI_ONLY_CHECKS", "1".into()));
+            }
+            let label = format!("{sdk} SDK x {kind} channel (m-{kind})");
+            let (venv, gate) = (venv.clone(), gate.clone());
+            runs.spawn(async move {
+                let _permit = gate.acquire_owned().await.unwrap();
+                (
+                    i * KINDS.len() + j,
+                    run_script(venv, label, script, env).await,
+                )
+            });
+        }
+    }
+    let mut results: Vec<(usize, ScriptRun)> = runs.join_all().await;
+    results.sort_by_key(|(n, _)| *n);
+    let t_scripts = t1.elapsed();
+
+    let ledger = gw
+        .api
+        .call(reqwest::Method::GET, "/api/ledger/check", None)
+        .await;
+    // every request for m-{kind} went to the channel of that kind, and each
+    // client dialect reached it
+    let mut routing = Vec::new();
+    for (kind, channel) in KINDS.into_iter().zip(&channel_ids) {
+        let rows = gw
+            .api
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/logs?model=m-{kind}&limit=1000"),
+                None,
+            )
+            .await;
+        let rows = rows["data"].as_array().cloned().unwrap_or_default();
+        let stray: Vec<_> = rows
+            .iter()
+            .filter(|r| r["channel_id"] != json!(channel) && r["channel_id"] != json!(0))
+            .collect();
+        if !stray.is_empty() {
+            routing.push(format!(
+                "m-{kind}: requests served by another channel than {channel}: {stray:?}"
+            ));
+        }
+        for endpoint in ["chat.completions", "messages", "generateContent"] {
+            let served = rows.iter().any(|r| {
+                r["endpoint"] == json!(endpoint)
+                    && r["channel_id"] == json!(channel)
+                    && r["status"] == json!(200)
+                    && r["cost"].as_i64().is_some_and(|c| c > 0)
+            });
+            if !served {
+                routing.push(format!(
+                    "m-{kind}: no billed 200 `{endpoint}` request logged on channel {channel}"
+                ));
+            }
+        }
+    }
+    let status = stop_service(&mut gw.svc).await;
+    let logs = gw.svc.logs.lock().unwrap().clone();
+
+    println!(
+        "venv {:.1}s, 9 SDK scripts {:.1}s ({PARALLEL_SCRIPTS} at a time), {} upstream requests; \
+         service exit: {status:?}",
+        t_venv.as_secs_f64(),
+        t_scripts.as_secs_f64(),
+        gw.mock.requests()
+    );
+    for (_, r) in &results {
+        println!(
+            "{} {} ({:.1}s)",
+            if r.passed() { "PASS" } else { "FAIL" },
+            r.label,
+            r.elapsed.as_secs_f64()
+        );
+    }
+    let mut problems: Vec<String> = results
+        .iter()
+        .filter(|(_, r)| !r.passed())
+        .map(|(_, r)| r.report())
+        .collect();
+    let failed_runs = problems.len();
+    for (_, r) in results.iter().filter(|(_, r)| r.passed()) {
+        if let Ok(o) = &r.out {
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    if !routing.is_empty() {
+        problems.push(format!("=== request logs\n{}", routing.join("\n")));
+    }
+    if ledger["ok"] != json!(true) {
+        problems.push(format!("=== ledger check after the SDK runs: {ledger}"));
+    }
+    assert!(
+        problems.is_empty(),
+        "{failed_runs} of {} SDK x channel kind runs failed:\n{}\n--- service log\n{logs}",
+        results.len(),
+        problems.join("\n")
     );
 }

@@ -11,3 +11,6 @@ ALTER TABLE channels ADD COLUMN timeout_secs BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE channels ADD COLUMN headers TEXT NOT NULL DEFAULT '';
 -- Azure OpenAI api-version.
 ALTER TABLE channels ADD COLUMN api_version TEXT NOT NULL DEFAULT '';
+-- 1 when an OpenAI channel serves the Responses API itself (else /v1/responses
+-- requests are translated to chat completions for it).
+ALTER TABLE channels ADD COLUMN native_responses BIGINT NOT NULL DEFAULT 0;
