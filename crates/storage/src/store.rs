@@ -153,6 +153,36 @@ fn log_row(r: &AnyRow) -> Result<LogRecord> {
     })
 }
 
+/// Rows per multi-row log INSERT (19 parameters each, well under both
+/// backends' parameter limits).
+const LOG_ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT INTO logs … VALUES (…), (…)` for `rows` rows. At most
+/// LOG_ROWS_PER_INSERT distinct texts exist, so prepared statements are reused.
+fn log_insert_sql(rows: usize) -> String {
+    const COLS: usize = 19;
+    let mut sql = String::from(
+        "INSERT INTO logs (request_id, user_id, key_id, channel_id, endpoint, model, \
+         upstream_model, prompt_tokens, completion_tokens, cached_tokens, cost, latency_ms, \
+         ttft_ms, is_stream, status, estimated, client_ip, error, created_at) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..COLS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(r * COLS + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 impl Store {
     /// Connects to `sqlite://PATH` (created if missing) or `postgres://…`
     /// and applies pending migrations.
@@ -872,34 +902,34 @@ impl Store {
             h.cost += l.cost;
         }
         let mut tx = self.write.begin().await?;
-        for l in logs {
-            sqlx::query(
-                "INSERT INTO logs (request_id, user_id, key_id, channel_id, endpoint, model, \
-                 upstream_model, prompt_tokens, completion_tokens, cached_tokens, cost, latency_ms, \
-                 ttft_ms, is_stream, status, estimated, client_ip, error, created_at) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-            )
-            .bind(&l.request_id)
-            .bind(l.user_id)
-            .bind(l.key_id)
-            .bind(l.channel_id)
-            .bind(&l.endpoint)
-            .bind(&l.model)
-            .bind(&l.upstream_model)
-            .bind(l.prompt_tokens)
-            .bind(l.completion_tokens)
-            .bind(l.cached_tokens)
-            .bind(l.cost)
-            .bind(l.latency_ms)
-            .bind(l.ttft_ms)
-            .bind(i64::from(l.is_stream))
-            .bind(l.status)
-            .bind(i64::from(l.estimated))
-            .bind(&l.client_ip)
-            .bind(&l.error)
-            .bind(l.created_at)
-            .execute(&mut *tx)
-            .await?;
+        // Log rows go in multi-row INSERTs of at most LOG_ROWS_PER_INSERT
+        // rows: one round trip to the database per group instead of per row.
+        for group in logs.chunks(LOG_ROWS_PER_INSERT) {
+            let sql = log_insert_sql(group.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for l in group {
+                q = q
+                    .bind(l.request_id.clone())
+                    .bind(l.user_id)
+                    .bind(l.key_id)
+                    .bind(l.channel_id)
+                    .bind(l.endpoint.clone())
+                    .bind(l.model.clone())
+                    .bind(l.upstream_model.clone())
+                    .bind(l.prompt_tokens)
+                    .bind(l.completion_tokens)
+                    .bind(l.cached_tokens)
+                    .bind(l.cost)
+                    .bind(l.latency_ms)
+                    .bind(l.ttft_ms)
+                    .bind(i64::from(l.is_stream))
+                    .bind(l.status)
+                    .bind(i64::from(l.estimated))
+                    .bind(l.client_ip.clone())
+                    .bind(l.error.clone())
+                    .bind(l.created_at);
+            }
+            q.execute(&mut *tx).await?;
         }
         for (uid, (cost, n)) in &users {
             sqlx::query(

@@ -91,6 +91,35 @@ async fn storage_rules_hold_on_every_backend() {
         );
         let check = s.ledger_check().await.unwrap();
         assert!(check.iter().all(|r| r.is_consistent()), "{check:?}");
+        // a batch larger than one multi-row INSERT lands whole
+        let many: Vec<storage::LogRecord> = (0..70)
+            .map(|i| storage::LogRecord {
+                request_id: format!("m{i}"),
+                user_id: u.id,
+                key_id: k.id,
+                model: "m".into(),
+                cost: 1,
+                status: 200,
+                created_at: hour + 10_000 + i,
+                ..Default::default()
+            })
+            .collect();
+        s.settle_batch(&many).await.unwrap();
+        let all = s
+            .logs(&storage::LogFilter {
+                user_id: Some(u.id),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 75);
+        assert!(
+            all.iter().any(|l| l.request_id == "m69") && all.iter().any(|l| l.request_id == "m0")
+        );
+        assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70);
+        let check = s.ledger_check().await.unwrap();
+        assert!(check.iter().all(|r| r.is_consistent()), "{check:?}");
         // a direct tamper is detected
         s.adjust_balance(u.id, 1, "topup", None, "").await.unwrap();
         sqlx_tamper(&db.url, u.id).await;
