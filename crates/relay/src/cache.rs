@@ -63,6 +63,9 @@ pub struct ChannelEntry {
     pub api_version: String,
     /// Serves `/v1/responses` itself.
     pub native_responses: bool,
+    /// Parsed upstream URLs by path, so a URL is parsed once per channel
+    /// and path rather than once per request.
+    urls: Mutex<HashMap<String, reqwest::Url>>,
 }
 
 /// The tag under which a disabled upstream key is recorded: the first 16
@@ -79,6 +82,20 @@ impl ChannelEntry {
         }
         let i = self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len();
         &self.keys[i]
+    }
+
+    /// The upstream URL for `path` (which may carry a query).
+    pub fn url(&self, path: &str) -> Result<reqwest::Url, String> {
+        let mut urls = self.urls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = urls.get(path) {
+            return Ok(u.clone());
+        }
+        let u = reqwest::Url::parse(&format!("{}{}", self.base_url, path))
+            .map_err(|e| e.to_string())?;
+        if urls.len() < 64 {
+            urls.insert(path.to_string(), u.clone());
+        }
+        Ok(u)
     }
 
     /// The first model a probe can ask for, as sent upstream.
@@ -215,6 +232,7 @@ fn channel_entry(
             .collect(),
         api_version: c.api_version.clone(),
         native_responses: c.native_responses,
+        urls: Mutex::default(),
     }
 }
 
@@ -396,6 +414,7 @@ mod tests {
             headers: vec![],
             api_version: String::new(),
             native_responses: false,
+            urls: Mutex::default(),
         })
     }
 

@@ -229,10 +229,12 @@ pub fn convert_body(
     let bad = |e: String| RelayError::new(ErrorKind::UpstreamFailed, e);
     if client == upstream {
         let usage = match client {
-            Api::OpenAi => serde_json::from_slice::<UsageCarrier>(&body)
-                .ok()
-                .and_then(|c| c.usage)
-                .map(openai::usage_of),
+            Api::OpenAi => openai::tail_usage(&body).or_else(|| {
+                serde_json::from_slice::<UsageCarrier>(&body)
+                    .ok()
+                    .and_then(|c| c.usage)
+                    .map(openai::usage_of)
+            }),
             other => serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| body_usage(other, &v)),
@@ -264,6 +266,10 @@ pub fn convert_body(
 }
 
 fn has_object_field(json: &[u8], field: &[u8]) -> bool {
+    // `"usage"` is looked for in every event: a quick byte check first
+    if memchr::memmem::find(json, field).is_none() {
+        return false;
+    }
     let finder = memchr::memmem::Finder::new(field);
     let mut pos = 0;
     while let Some(p) = finder.find(&json[pos..]) {
@@ -390,12 +396,9 @@ impl StreamConv {
             return;
         }
         let mut raw = Vec::new();
-        sse::collect_strings(data, b"\"content\"", &mut raw);
-        sse::collect_strings(data, b"\"text\"", &mut raw);
-        sse::collect_strings(data, b"\"arguments\"", &mut raw);
-        sse::collect_strings(data, b"\"partial_json\"", &mut raw);
-        sse::collect_strings(data, b"\"thinking\"", &mut raw);
-        sse::collect_strings(data, b"\"delta\"", &mut raw);
+        for f in sse::text_finders() {
+            sse::collect_with(f, data, &mut raw);
+        }
         if !raw.is_empty() {
             self.content_seen = true;
             self.counter.push(&raw);

@@ -102,6 +102,26 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// The `usage` object of an OpenAI answer, read without parsing the whole
+/// answer: the last `"usage":` key is the top-level one (it comes after the
+/// choices, and a `"usage":` inside generated text would be escaped).
+pub fn tail_usage(body: &[u8]) -> Option<billing::Usage> {
+    let at = memchr::memmem::rfind(body, b"\"usage\"")?;
+    let mut i = at + b"\"usage\"".len();
+    while i < body.len() && matches!(body[i], b' ' | b':' | b'\n' | b'\r' | b'\t') {
+        i += 1;
+    }
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    let rest = body.get(i..)?;
+    let u = serde_json::Deserializer::from_slice(rest)
+        .into_iter::<api_types::openai::Usage>()
+        .next()?
+        .ok()?;
+    Some(usage_of(u))
+}
+
 /// Token counts from OpenAI's `usage`; a missing completion count is
 /// derived from the total.
 pub fn usage_of(u: api_types::openai::Usage) -> billing::Usage {
@@ -236,6 +256,15 @@ mod tests {
         let v2: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let v1: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v1, v2);
+    }
+
+    #[test]
+    fn usage_from_the_tail() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {} trap"}}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        let u = tail_usage(body).unwrap();
+        assert_eq!((u.prompt, u.completion), (12, 3));
+        assert!(tail_usage(br#"{"choices":[]}"#).is_none());
+        assert!(tail_usage(br#"{"usage":null}"#).is_none());
     }
 
     #[test]

@@ -823,12 +823,24 @@ impl Relay {
             } else {
                 &ch.api_version
             };
-            format!(
-                "{}/openai/deployments/{}{}?api-version={}",
-                ch.base_url, upstream_model, req.path, version
-            )
+            ch.url(&format!(
+                "/openai/deployments/{}{}?api-version={}",
+                upstream_model, req.path, version
+            ))
         } else {
-            format!("{}{}", ch.base_url, req.path)
+            ch.url(&req.path)
+        };
+        let url = match url {
+            Ok(u) => u,
+            Err(e) => {
+                return (
+                    Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamFailed,
+                        format!("The channel's base URL is invalid ({e})."),
+                    )),
+                    Blame::None,
+                );
+            }
         };
         let first_byte = Duration::from_secs(if ch.timeout_secs > 0 {
             ch.timeout_secs
@@ -1295,12 +1307,26 @@ impl StreamPump {
         }
     }
 
+    /// Sends what is pending as one write: the events of one upstream read
+    /// leave in one chunk (one system call), not one each.
     async fn send_all(&mut self, out: &mut Vec<Bytes>, idle: Duration, started: Instant) {
         if self.ttft.is_none() && self.conv.content_seen {
             self.ttft = Some(started.elapsed());
         }
-        for b in out.drain(..) {
-            self.send(b, idle).await;
+        match out.len() {
+            0 => {}
+            1 => {
+                if let Some(b) = out.pop() {
+                    self.send(b, idle).await;
+                }
+            }
+            _ => {
+                let mut joined = bytes::BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
+                for b in out.drain(..) {
+                    joined.extend_from_slice(&b);
+                }
+                self.send(joined.freeze(), idle).await;
+            }
         }
     }
 
@@ -1331,9 +1357,11 @@ impl StreamPump {
                             error = format!("The upstream stream failed: {e}");
                             break 'outer;
                         }
-                        self.send_all(&mut out, idle, started).await;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        self.send_all(&mut out, idle, started).await;
+                        break;
+                    }
                     Err(_) => {
                         error = "The upstream sent an oversized stream event.".into();
                         break 'outer;

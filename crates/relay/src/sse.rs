@@ -99,10 +99,35 @@ pub fn event_data(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 /// in `json` to `out`. A byte scan, not a parse: it serves only to estimate
 /// tokens when an upstream sends no usage.
 pub fn collect_strings(json: &[u8], key: &[u8], out: &mut Vec<u8>) {
-    let finder = memchr::memmem::Finder::new(key);
+    collect_with(&memchr::memmem::Finder::new(key), json, out)
+}
+
+/// The keys whose string values hold produced text, with their finders
+/// built once.
+pub fn text_finders() -> &'static [memchr::memmem::Finder<'static>] {
+    static F: std::sync::OnceLock<Vec<memchr::memmem::Finder<'static>>> =
+        std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        [
+            &b"\"content\""[..],
+            b"\"text\"",
+            b"\"arguments\"",
+            b"\"partial_json\"",
+            b"\"thinking\"",
+            b"\"delta\"",
+        ]
+        .into_iter()
+        .map(memchr::memmem::Finder::new)
+        .collect()
+    })
+}
+
+/// Like `collect_strings`, with a prepared finder.
+pub fn collect_with(finder: &memchr::memmem::Finder<'_>, json: &[u8], out: &mut Vec<u8>) {
+    let key_len = finder.needle().len();
     let mut pos = 0;
     while let Some(p) = finder.find(&json[pos..]) {
-        let mut i = pos + p + key.len();
+        let mut i = pos + p + key_len;
         while i < json.len() && matches!(json[i], b' ' | b':') {
             i += 1;
         }

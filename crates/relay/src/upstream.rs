@@ -36,6 +36,8 @@ fn builder(cfg: &RelayConfig) -> reqwest::ClientBuilder {
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
+        // provider APIs do not redirect; following one would resend the key
+        .redirect(reqwest::redirect::Policy::none())
         .no_proxy();
     if let Ok(mut tls) = tls {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

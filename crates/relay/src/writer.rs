@@ -87,7 +87,10 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let logs: Vec<LogRecord> = batch.iter().map(|s| s.log.clone()).collect();
+        let logs: Vec<LogRecord> = batch
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.log))
+            .collect();
         let mut delay = Duration::from_millis(50);
         loop {
             match self.store.settle_batch(&logs).await {
@@ -99,10 +102,10 @@ impl Writer {
                 }
             }
         }
-        for s in batch.drain(..) {
-            s.user.committed(s.log.cost);
+        for (s, log) in batch.drain(..).zip(&logs) {
+            s.user.committed(log.cost);
             if let Some(k) = &s.key {
-                k.committed(s.log.cost);
+                k.committed(log.cost);
             }
         }
     }

@@ -159,7 +159,17 @@ const LOG_ROWS_PER_INSERT: usize = 32;
 
 /// `INSERT INTO logs … VALUES (…), (…)` for `rows` rows. At most
 /// LOG_ROWS_PER_INSERT distinct texts exist, so prepared statements are reused.
-fn log_insert_sql(rows: usize) -> String {
+fn log_insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=LOG_ROWS_PER_INSERT)
+            .map(build_log_insert_sql)
+            .collect()
+    });
+    all.get(rows).map(String::as_str).unwrap_or("")
+}
+
+fn build_log_insert_sql(rows: usize) -> String {
     const COLS: usize = 19;
     let mut sql = String::from(
         "INSERT INTO logs (request_id, user_id, key_id, channel_id, endpoint, model, \
@@ -905,8 +915,7 @@ impl Store {
         // Log rows go in multi-row INSERTs of at most LOG_ROWS_PER_INSERT
         // rows: one round trip to the database per group instead of per row.
         for group in logs.chunks(LOG_ROWS_PER_INSERT) {
-            let sql = log_insert_sql(group.len());
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(log_insert_sql(group.len())));
             for l in group {
                 q = q
                     .bind(l.request_id.clone())
