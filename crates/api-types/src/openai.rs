@@ -30,6 +30,9 @@ pub struct RequestHead<'a> {
     pub n: Option<u64>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// OpenRouter-style fallback models, tried in order after `model`.
+    #[serde(borrow, default)]
+    pub models: Option<Vec<Cow<'a, str>>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, Debug)]

@@ -63,6 +63,9 @@ pub struct ChannelEntry {
     pub api_version: String,
     /// Serves `/v1/responses` itself.
     pub native_responses: bool,
+    /// Keys found refused since this entry was built (bit i = `keys[i]`),
+    /// skipped at once, before the snapshot reloads.
+    refused: std::sync::atomic::AtomicU64,
     /// Parsed upstream URLs by path, so a URL is parsed once per channel
     /// and path rather than once per request.
     urls: Mutex<HashMap<String, reqwest::Url>>,
@@ -75,13 +78,38 @@ pub fn key_tag(key: &str) -> String {
 }
 
 impl ChannelEntry {
-    /// The next upstream key, round-robin.
+    /// The next upstream key, round-robin, skipping keys just refused.
     pub fn next_key(&self) -> &str {
-        if self.keys.is_empty() {
+        let n = self.keys.len();
+        if n == 0 {
             return "";
         }
-        let i = self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len();
-        &self.keys[i]
+        let refused = self.refused.load(Ordering::Relaxed);
+        let start = self.next_key.fetch_add(1, Ordering::Relaxed);
+        for step in 0..n {
+            let i = (start + step) % n;
+            if i >= 64 || refused & (1 << i) == 0 {
+                return &self.keys[i];
+            }
+        }
+        &self.keys[start % n]
+    }
+
+    /// Stops using `key` in this process right away.
+    pub fn disable_key_now(&self, key: &str) {
+        if let Some(i) = self.keys.iter().position(|k| k == key)
+            && i < 64
+        {
+            self.refused.fetch_or(1 << i, Ordering::Relaxed);
+        }
+    }
+
+    /// Keys not refused so far.
+    pub fn usable_keys(&self) -> usize {
+        let refused = self.refused.load(Ordering::Relaxed);
+        (0..self.keys.len())
+            .filter(|&i| i >= 64 || refused & (1 << i) == 0)
+            .count()
     }
 
     /// The upstream URL for `path` (which may carry a query).
@@ -124,6 +152,11 @@ pub struct Snapshot {
     /// group → model → tiers.
     pub routes: HashMap<String, HashMap<String, Vec<Tier>>>,
     pub prices: HashMap<String, Price>,
+    /// (group, model) pairs whose every channel is disabled automatically:
+    /// known, but unavailable for now.
+    pub unavailable: std::collections::HashSet<(String, String)>,
+    /// Configured fallback chains: model → models tried after it.
+    pub fallbacks: HashMap<String, Vec<String>>,
 }
 
 impl Snapshot {
@@ -145,6 +178,9 @@ impl Snapshot {
         v
     }
 }
+
+/// The setting that holds the fallback chains, as JSON `{model: [models]}`.
+pub const FALLBACKS_SETTING: &str = "model_fallbacks";
 
 /// Wallets by id, and channels' failure runs, kept across snapshots.
 #[derive(Default)]
@@ -232,6 +268,7 @@ fn channel_entry(
             .collect(),
         api_version: c.api_version.clone(),
         native_responses: c.native_responses,
+        refused: std::sync::atomic::AtomicU64::new(0),
         urls: Mutex::default(),
     }
 }
@@ -323,6 +360,11 @@ pub async fn load(
         let entry = Arc::new(channel_entry(&c, cfg, failures));
         snap.channels.insert(c.id, entry.clone());
         if c.status != 1 || entry.keys.is_empty() {
+            for g in &c.groups {
+                for m in &c.models {
+                    snap.unavailable.insert((g.clone(), m.clone()));
+                }
+            }
             continue;
         }
         for g in &c.groups {
@@ -344,7 +386,15 @@ pub async fn load(
             ts.sort_by_key(|t| std::cmp::Reverse(t.priority));
         }
     }
+    snap.unavailable
+        .retain(|(g, m)| tiers.get(g).is_none_or(|ms| !ms.contains_key(m)));
     snap.routes = tiers;
+    if let Some(text) = store.setting(FALLBACKS_SETTING).await? {
+        match serde_json::from_str(&text) {
+            Ok(f) => snap.fallbacks = f,
+            Err(e) => tracing::warn!(error = %e, "ignoring unreadable model fallbacks"),
+        }
+    }
     for p in store.prices().await? {
         match Price::parse(&p.input, &p.output, &p.cached_input) {
             Ok(price) => {
@@ -414,6 +464,7 @@ mod tests {
             headers: vec![],
             api_version: String::new(),
             native_responses: false,
+            refused: std::sync::atomic::AtomicU64::new(0),
             urls: Mutex::default(),
         })
     }

@@ -91,3 +91,38 @@ pub async fn update(store: &Store, id: i64, p: ChannelPatch) -> Result<ChannelRo
     }
     Ok(store.update_channel(id, &p).await?)
 }
+
+/// The configured fallback chains (`model → models tried after it`).
+pub async fn fallbacks(
+    store: &Store,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, ChannelError> {
+    Ok(store
+        .setting(crate::cache::FALLBACKS_SETTING)
+        .await?
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+/// Sets (or with an empty list, removes) a model's fallback chain.
+pub async fn set_fallbacks(
+    store: &Store,
+    model: &str,
+    chain: Vec<String>,
+) -> Result<(), ChannelError> {
+    if model.trim().is_empty() || chain.iter().any(|m| m.trim().is_empty() || m == model) {
+        return Err(ChannelError::Invalid(
+            "fallbacks are other, non-empty model names".into(),
+        ));
+    }
+    let mut all = fallbacks(store).await?;
+    if chain.is_empty() {
+        all.remove(model);
+    } else {
+        all.insert(model.to_string(), chain);
+    }
+    let text = serde_json::to_string(&all).map_err(|e| ChannelError::Invalid(e.to_string()))?;
+    store
+        .set_setting(crate::cache::FALLBACKS_SETTING, &text)
+        .await?;
+    Ok(())
+}

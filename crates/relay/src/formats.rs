@@ -72,6 +72,9 @@ pub struct RequestShape<'a> {
     pub stream: bool,
     pub client_wants_usage: bool,
     pub default_max_tokens: u64,
+    /// The body carries an OpenRouter-style `models` list, which the
+    /// gateway consumed and must not forward.
+    pub strip_models: bool,
 }
 
 /// Builds the upstream body and path for a channel of dialect `target`.
@@ -93,9 +96,9 @@ pub fn build_request(
     match (shape.client, target) {
         (Api::OpenAi, Api::OpenAi) => {
             let inject = shape.stream && !shape.client_wants_usage;
-            let body = if rename.is_some() || inject {
+            let body = if rename.is_some() || inject || shape.strip_models {
                 Bytes::from(
-                    openai::rewrite_body(body, rename, inject)
+                    openai::rewrite_body(body, rename, inject, shape.strip_models)
                         .map_err(|e| RelayError::new(ErrorKind::BadRequest, e))?,
                 )
             } else {
@@ -107,12 +110,13 @@ pub fn build_request(
             })
         }
         (Api::Anthropic, Api::Anthropic) => {
-            let body = match rename {
-                Some(_) => Bytes::from(
-                    openai::rewrite_body(body, rename, false)
+            let body = if rename.is_some() || shape.strip_models {
+                Bytes::from(
+                    openai::rewrite_body(body, rename, false, shape.strip_models)
                         .map_err(|e| RelayError::new(ErrorKind::BadRequest, e))?,
-                ),
-                None => body.clone(),
+                )
+            } else {
+                body.clone()
             };
             Ok(UpstreamRequest {
                 path: "/messages".into(),
@@ -120,12 +124,13 @@ pub fn build_request(
             })
         }
         (Api::Responses, Api::Responses) => {
-            let body = match rename {
-                Some(_) => Bytes::from(
-                    openai::rewrite_body(body, rename, false)
+            let body = if rename.is_some() || shape.strip_models {
+                Bytes::from(
+                    openai::rewrite_body(body, rename, false, shape.strip_models)
                         .map_err(|e| RelayError::new(ErrorKind::BadRequest, e))?,
-                ),
-                None => body.clone(),
+                )
+            } else {
+                body.clone()
             };
             Ok(UpstreamRequest {
                 path: "/responses".into(),
@@ -158,6 +163,7 @@ pub fn build_request(
                     .map_err(translate_err)?,
             };
             if let Some(o) = chat.as_object_mut() {
+                o.remove("models");
                 o.insert("model".into(), Value::String(upstream_model.to_string()));
                 if shape.stream {
                     o.insert("stream".into(), Value::Bool(true));

@@ -56,6 +56,7 @@ pub fn rewrite_body(
     body: &[u8],
     model: Option<&str>,
     force_include_usage: bool,
+    drop_models: bool,
 ) -> Result<Vec<u8>, String> {
     let fields: Fields = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut out = String::with_capacity(body.len() + 48);
@@ -68,7 +69,10 @@ pub fn rewrite_body(
         first = false;
     };
     for (k, v) in &fields.0 {
-        if (k == "model" && model.is_some()) || (k == "stream_options" && force_include_usage) {
+        if (k == "model" && model.is_some())
+            || (k == "stream_options" && force_include_usage)
+            || (k == "models" && drop_models)
+        {
             continue;
         }
         sep(&mut out);
@@ -246,13 +250,13 @@ mod tests {
     #[test]
     fn rewrite_keeps_unknown_fields_and_injects_usage() {
         let body = br#"{"model":"a","stream":true,"stream_options":{"foo":1},"custom":{"deep":[1,"two"]}}"#;
-        let out = rewrite_body(body, Some("b/c"), true).unwrap();
+        let out = rewrite_body(body, Some("b/c"), true, true).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "b/c");
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["stream_options"]["foo"], 1);
         assert_eq!(v["custom"]["deep"][1], "two");
-        let out = rewrite_body(body, None, false).unwrap();
+        let out = rewrite_body(body, None, false, false).unwrap();
         let v2: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let v1: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v1, v2);

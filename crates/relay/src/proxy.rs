@@ -161,6 +161,10 @@ struct Meter {
     started: Instant,
     stream: bool,
     client_wants_usage: bool,
+    /// The model named in the request body (the served `model` may be a
+    /// fallback).
+    body_model: String,
+    strip_models: bool,
     anthropic_version: Option<String>,
     anthropic_beta: Option<String>,
 }
@@ -411,32 +415,35 @@ impl Relay {
                     .with_param("max_tokens"),
             );
         }
-        if let Some(allowed) = &key.allowed_models
-            && !allowed.contains(&model)
-        {
-            return Err(RelayError::new(
-                ErrorKind::ModelNotAllowed,
-                format!("This API key may not use the model `{model}`."),
-            )
-            .with_param("model"));
+        // The models to try: the one asked for, then the request's
+        // OpenRouter-style `models` list or the operator's fallback chain.
+        let strip_models = head.models.is_some();
+        let mut wanted: Vec<String> = vec![model.clone()];
+        match &head.models {
+            Some(list) => wanted.extend(list.iter().map(|m| m.to_string())),
+            None => {
+                if let Some(chain) = snap.fallbacks.get(&model) {
+                    wanted.extend(chain.iter().cloned());
+                }
+            }
         }
-        let Some(tiers) = snap.tiers(&user.group, &model) else {
-            return Err(RelayError::new(
-                ErrorKind::ModelNotFound,
-                format!("The model `{model}` does not exist or you do not have access to it."),
-            )
-            .with_param("model"));
-        };
-        let Some(price) = snap.prices.get(&model).cloned() else {
-            return Err(RelayError::new(
-                ErrorKind::ModelNotPriced,
-                format!(
-                    "The model `{model}` has no price on this service yet, so it cannot be billed. \
-                     Ask the operator to set its price."
-                ),
-            )
-            .with_param("model"));
-        };
+        let mut seen = std::collections::HashSet::new();
+        wanted.retain(|m| !m.is_empty() && seen.insert(m.clone()));
+        let mut plan: Vec<(String, Price)> = Vec::new();
+        let mut first_error: Option<RelayError> = None;
+        for m in &wanted {
+            match self.check_model(&snap, &key, &user, m) {
+                Ok(price) => plan.push((m.clone(), price)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if plan.is_empty() {
+            return Err(first_error.unwrap_or_else(|| {
+                RelayError::new(ErrorKind::ModelNotFound, "No model to serve.")
+            }));
+        }
         let stream = inb.endpoint.can_stream() && inb.stream.or(head.stream).unwrap_or(false);
         let client_wants_usage = head
             .stream_options
@@ -460,71 +467,87 @@ impl Relay {
         }
         .saturating_mul(n);
         drop(head);
-        // Every token is at least one byte, so the body length bounds the prompt.
-        let estimate = cost_units(
-            &price,
-            user.ratio,
-            Usage {
-                prompt: inb.body.len() as u64,
-                completion: completion_bound,
-                cached: 0,
-            },
-        );
+        // Every token is at least one byte, so the body length bounds the
+        // prompt; the hold covers the dearest model that may serve.
+        let estimate = plan
+            .iter()
+            .map(|(_, price)| {
+                cost_units(
+                    price,
+                    user.ratio,
+                    Usage {
+                        prompt: inb.body.len() as u64,
+                        completion: completion_bound,
+                        cached: 0,
+                    },
+                )
+            })
+            .max()
+            .unwrap_or(0);
         let hold = self.reserve(&user, &key, estimate).await?;
-        let candidates = cache::candidate_order(tiers, self.cfg.retries as usize + 1);
-        drop(snap);
         let mut meter = Meter {
             request_id: inb.request_id,
             endpoint: inb.endpoint,
             user,
             key,
+            body_model: model.clone(),
             model,
-            price,
+            price: plan[0].1.clone(),
             hold,
             body: inb.body,
             client_ip: inb.client_ip,
             started,
             stream,
             client_wants_usage,
+            strip_models,
             anthropic_version: inb.anthropic_version,
             anthropic_beta: inb.anthropic_beta,
         };
         let mut last: Option<RelayError> = None;
         let mut last_channel = 0;
-        let mut attempts_left = self.cfg.retries as usize + 1;
-        'channels: for ch in candidates {
-            // a refused key is retried on the same channel with its next key
-            let mut keys_tried: Vec<String> = Vec::new();
-            while attempts_left > 0 {
-                attempts_left -= 1;
-                last_channel = ch.id;
-                let key = ch.next_key().to_string();
-                if keys_tried.contains(&key) {
-                    break;
-                }
-                let (result, blame) = self.attempt(&ch, &key, &mut meter).await;
-                let key_refused = matches!(blame, Blame::Key(_));
-                self.record_health(&ch, &key, blame);
-                match result {
-                    Attempt::Done(out) => return Ok(out),
-                    Attempt::Retry(e) => {
-                        tracing::warn!(request_id = %meter.request_id, channel = ch.id, error = %e.message, "upstream attempt failed");
-                        last = Some(e);
+        'models: for (m, price) in plan {
+            let Some(tiers) = snap.tiers(&meter.user.group, &m) else {
+                continue;
+            };
+            let candidates = cache::candidate_order(tiers, self.cfg.retries as usize + 1);
+            meter.model = m;
+            meter.price = price;
+            let mut attempts_left = self.cfg.retries as usize + 1;
+            'channels: for ch in candidates {
+                // a refused key is retried on the same channel with its next key
+                let mut keys_tried: Vec<String> = Vec::new();
+                while attempts_left > 0 {
+                    attempts_left -= 1;
+                    last_channel = ch.id;
+                    let key = ch.next_key().to_string();
+                    if keys_tried.contains(&key) {
+                        break;
                     }
-                    Attempt::Fatal(e) => {
-                        last = Some(e);
-                        break 'channels;
+                    let (result, blame) = self.attempt(&ch, &key, &mut meter).await;
+                    let key_refused = matches!(blame, Blame::Key(_));
+                    self.record_health(&ch, &key, blame);
+                    match result {
+                        Attempt::Done(out) => return Ok(out),
+                        Attempt::Retry(e) => {
+                            tracing::warn!(request_id = %meter.request_id, channel = ch.id, error = %e.message, "upstream attempt failed");
+                            last = Some(e);
+                        }
+                        Attempt::Fatal(e) => {
+                            last = Some(e);
+                            break 'models;
+                        }
                     }
+                    if !(key_refused && ch.keys.len() > 1) {
+                        break;
+                    }
+                    keys_tried.push(key);
                 }
-                if !(key_refused && ch.keys.len() > 1) {
-                    break;
+                if attempts_left == 0 {
+                    break 'channels;
                 }
-                keys_tried.push(key);
-            }
-            if attempts_left == 0 {
-                break;
             }
         }
+        drop(snap);
         let err = last.unwrap_or_else(|| {
             RelayError::new(
                 ErrorKind::NoChannel,
@@ -560,7 +583,8 @@ impl Relay {
                 let relay = self.clone();
                 let tag = cache::key_tag(key);
                 let id = ch.id;
-                let last_key = ch.keys.len() <= 1;
+                ch.disable_key_now(key);
+                let last_key = ch.keys.len() <= 1 || ch.usable_keys() == 0;
                 if last_key {
                     ch.tripped.store(true, Relaxed);
                 }
@@ -596,14 +620,19 @@ impl Relay {
     /// Probes every automatically disabled channel once and re-enables the
     /// ones that answer.
     pub async fn probe_disabled_channels(self: &Arc<Self>) {
-        let snap = self.snapshot();
-        let disabled: Vec<Arc<ChannelEntry>> = snap
-            .channels
-            .values()
+        // read from the database: the snapshot may not have caught up yet
+        let rows = match self.store.channels().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "listing channels to probe failed");
+                return;
+            }
+        };
+        let disabled: Vec<ChannelEntry> = rows
+            .iter()
             .filter(|c| c.status == 2)
-            .cloned()
+            .map(|c| cache::entry_for_test(c, &self.cfg))
             .collect();
-        drop(snap);
         for ch in disabled {
             let r = self.probe(&ch).await;
             if r.ok {
@@ -747,6 +776,55 @@ impl Relay {
         }
     }
 
+    /// Whether this key may use `model` and the service can serve and
+    /// bill it; its price if so.
+    fn check_model(
+        &self,
+        snap: &Snapshot,
+        key: &KeyEntry,
+        user: &UserEntry,
+        model: &str,
+    ) -> Result<Price, RelayError> {
+        if let Some(allowed) = &key.allowed_models
+            && !allowed.contains(model)
+        {
+            return Err(RelayError::new(
+                ErrorKind::ModelNotAllowed,
+                format!("This API key may not use the model `{model}`."),
+            )
+            .with_param("model"));
+        }
+        if snap.tiers(&user.group, model).is_none() {
+            if snap
+                .unavailable
+                .contains(&(user.group.clone(), model.to_string()))
+            {
+                return Err(RelayError::new(
+                    ErrorKind::NoChannel,
+                    format!(
+                        "Every channel serving `{model}` is disabled after failures; it is retried \
+                         automatically. Try again later."
+                    ),
+                ));
+            }
+            return Err(RelayError::new(
+                ErrorKind::ModelNotFound,
+                format!("The model `{model}` does not exist or you do not have access to it."),
+            )
+            .with_param("model"));
+        }
+        snap.prices.get(model).cloned().ok_or_else(|| {
+            RelayError::new(
+                ErrorKind::ModelNotPriced,
+                format!(
+                    "The model `{model}` has no price on this service yet, so it cannot be billed. \
+                     Ask the operator to set its price."
+                ),
+            )
+            .with_param("model")
+        })
+    }
+
     async fn reserve(
         &self,
         user: &Arc<UserEntry>,
@@ -806,12 +884,13 @@ impl Relay {
             stream: meter.stream,
             client_wants_usage: meter.client_wants_usage,
             default_max_tokens: self.cfg.default_max_tokens,
+            strip_models: meter.strip_models,
         };
         let req = match formats::build_request(
             &shape,
             target,
             &meter.body,
-            &meter.model,
+            &meter.body_model,
             &upstream_model,
         ) {
             Ok(r) => r,
@@ -1185,6 +1264,8 @@ fn take_meter(m: &mut Meter) -> Meter {
         started: m.started,
         stream: m.stream,
         client_wants_usage: m.client_wants_usage,
+        body_model: String::new(),
+        strip_models: m.strip_models,
         anthropic_version: None,
         anthropic_beta: None,
     };

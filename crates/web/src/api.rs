@@ -214,6 +214,8 @@ pub fn router() -> Router<AppState> {
         .route("/channels/{id}/test", post(channel_test))
         .route("/prices", get(prices_list))
         .route("/prices/{*model}", put(price_put).delete(price_delete))
+        .route("/fallbacks", get(fallbacks_list))
+        .route("/fallbacks/{*model}", put(fallback_put))
         .route("/groups", get(groups_list))
         .route("/groups/{name}", put(group_put))
         .route("/logs", get(logs_list))
@@ -607,6 +609,31 @@ async fn price_delete(State(s): State<AppState>, _: Admin, Path(model): Path<Str
     s.store.delete_price(&model).await?;
     reload(&s).await?;
     Ok(Json(json!({"deleted": model})))
+}
+
+async fn fallbacks_list(State(s): State<AppState>, _: Admin) -> ApiResult {
+    Ok(Json(
+        json!({"data": relay::channels::fallbacks(&s.store).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FallbackBody {
+    fallbacks: Vec<String>,
+}
+
+/// Sets the models tried, in order, when every channel of `model` fails
+/// (an empty list removes the chain).
+async fn fallback_put(
+    State(s): State<AppState>,
+    _: Admin,
+    Path(model): Path<String>,
+    Body(b): Body<FallbackBody>,
+) -> ApiResult {
+    relay::channels::set_fallbacks(&s.store, &model, b.fallbacks.clone()).await?;
+    reload(&s).await?;
+    Ok(Json(json!({"model": model, "fallbacks": b.fallbacks})))
 }
 
 async fn groups_list(State(s): State<AppState>, _: Admin) -> ApiResult {

@@ -90,9 +90,11 @@ async fn a_channel_with_no_working_key_is_disabled() {
             .unwrap()
             .contains("no working key")
     );
-    // with no channel left the model is unavailable, said plainly
+    // with no channel left the model is unavailable for now, said plainly
     let r = t.chat(&key, &chat()).await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "no_channel_available");
     t.finish().await;
 }
 
@@ -199,5 +201,80 @@ async fn azure_channels_use_deployment_urls_and_api_key() {
     assert_eq!(req.header("api-key"), Some("az-key"));
     assert_eq!(req.header("x-extra"), Some("1"));
     assert!(req.header("authorization").is_none());
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn fallback_models_serve_when_every_channel_of_the_first_fails() {
+    let t = TestApp::spawn(Backend::Sqlite).await;
+    let down = MockUpstream::start().await.unwrap();
+    down.set_behavior(Behavior::Status(503));
+    t.add_channel("down", &down.base_url(), "sk-d", &["gpt-4o"], 0)
+        .await;
+    t.add_mock_channel("up", &["gpt-4o-mini"], 0).await;
+    let (uid, key) = t.user_with_key("fal", "1").await;
+    // OpenRouter-style list in the request
+    let body = json!({"model": "gpt-4o", "models": ["gpt-4o-mini"], "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let r = t.chat(&key, &body).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let sent = t.mock.last_request().unwrap().json().unwrap();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert!(
+        sent.get("models").is_none(),
+        "the list is consumed, not forwarded"
+    );
+    // billed at the price of the model that served
+    let p = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let c = v["usage"]["completion_tokens"].as_u64().unwrap();
+    let mini = billing::Price::parse("0.15", "0.6", "0.075").unwrap();
+    let expected = billing::cost_units(
+        &mini,
+        billing::Decimal::ONE,
+        billing::Usage {
+            prompt: p,
+            completion: c,
+            cached: 0,
+        },
+    );
+    t.app.relay.flush().await;
+    let log = t
+        .app
+        .store
+        .logs(&storage::LogFilter {
+            user_id: Some(uid),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(log.model, "gpt-4o-mini");
+    assert_eq!(log.cost, expected);
+    // an operator-configured chain does the same without the client asking
+    t.admin(
+        "PUT",
+        "/api/fallbacks/gpt-4o",
+        Some(json!({"fallbacks": ["gpt-4o-mini"]})),
+    )
+    .await;
+    let r = t
+        .chat(
+            &key,
+            &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v = t.admin("GET", "/api/fallbacks", None).await;
+    assert_eq!(v["data"]["gpt-4o"][0], "gpt-4o-mini");
+    let (s, _) = t
+        .admin_raw(
+            "PUT",
+            "/api/fallbacks/gpt-4o",
+            Some(json!({"fallbacks": ["gpt-4o"]})),
+        )
+        .await;
+    assert_eq!(s, 400, "a model cannot fall back to itself");
+    t.assert_ledger_ok().await;
     t.finish().await;
 }
