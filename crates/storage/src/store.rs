@@ -159,17 +159,26 @@ const LOG_ROWS_PER_INSERT: usize = 32;
 
 /// `INSERT INTO logs … VALUES (…), (…)` for `rows` rows. At most
 /// LOG_ROWS_PER_INSERT distinct texts exist, so prepared statements are reused.
-fn log_insert_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+fn log_insert_sql(rows: usize, backend: Backend) -> &'static str {
+    static SQL: std::sync::OnceLock<[Vec<String>; 2]> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
-        (0..=LOG_ROWS_PER_INSERT)
-            .map(build_log_insert_sql)
-            .collect()
+        [Backend::Sqlite, Backend::Postgres].map(|b| {
+            (0..=LOG_ROWS_PER_INSERT)
+                .map(|n| build_log_insert_sql(n, b))
+                .collect()
+        })
     });
-    all.get(rows).map(String::as_str).unwrap_or("")
+    let set = match backend {
+        Backend::Sqlite => &all[0],
+        Backend::Postgres => &all[1],
+    };
+    set.get(rows).map(String::as_str).unwrap_or("")
 }
 
-fn build_log_insert_sql(rows: usize) -> String {
+/// SQLite gets anonymous `?` placeholders: with numbered ones the driver
+/// looks each name up in SQLite's list, which grows costly with hundreds of
+/// parameters. PostgreSQL needs `$N`.
+fn build_log_insert_sql(rows: usize, backend: Backend) -> String {
     const COLS: usize = 19;
     let mut sql = String::from(
         "INSERT INTO logs (request_id, user_id, key_id, channel_id, endpoint, model, \
@@ -185,8 +194,13 @@ fn build_log_insert_sql(rows: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(r * COLS + c + 1).to_string());
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(r * COLS + c + 1).to_string());
+                }
+            }
         }
         sql.push(')');
     }
@@ -915,7 +929,10 @@ impl Store {
         // Log rows go in multi-row INSERTs of at most LOG_ROWS_PER_INSERT
         // rows: one round trip to the database per group instead of per row.
         for group in logs.chunks(LOG_ROWS_PER_INSERT) {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(log_insert_sql(group.len())));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(log_insert_sql(
+                group.len(),
+                self.backend,
+            )));
             for l in group {
                 q = q
                     .bind(l.request_id.clone())
