@@ -116,6 +116,10 @@ gap_env=(
     "GAP__SERVER__WORKERS=1"
     "GAP__LOG__LEVEL=warn"
     "GAP__ADMIN__PASSWORD=benchpassword1"
+    # the allocator settings the binary would otherwise set by re-executing
+    # itself (which valgrind would not follow)
+    "MIMALLOC_PURGE_DELAY=0"
+    "MIMALLOC_ARENA_EAGER_COMMIT=0"
 )
 gap() { "${gap_env[@]}" "$GAP" "$@"; }
 
