@@ -134,6 +134,10 @@ MOCK_IDLE_KB=$(status_kb "$MOCK_PID" VmRSS)
 
 say "setting up the gateway database"
 gap channel add --name mock --base-url "http://$MOCK_ADDR/v1" --key sk-bench --models gpt-4o-mini >/dev/null
+# the same mock behind an Anthropic channel, for the translated path
+gap channel add --name mock-anthropic --kind anthropic --base-url "http://$MOCK_ADDR/v1" \
+    --key sk-bench --models claude-bench >/dev/null
+gap price set claude-bench --input 0.15 --output 0.6 >/dev/null
 gap user add bench --balance-usd 1000000 >/dev/null
 KEY=$(gap key create --user bench | tail -n1)
 [ -n "$KEY" ] || die "key create printed no key"
@@ -149,6 +153,9 @@ DIRECT_URL="http://$MOCK_ADDR/v1/chat/completions"
 
 MSG='"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, how are you today?"}]'
 printf '{%s,"max_tokens":64}\n' "$MSG" >"$TMP/chat.json"
+XMSG='"model":"claude-bench","messages":[{"role":"user","content":"Hello, how are you today?"}]'
+printf '{%s,"max_tokens":64}\n' "$XMSG" >"$TMP/xl_chat.json"
+printf '{%s,"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}}\n' "$XMSG" >"$TMP/xl_stream.json"
 printf '{%s,"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}}\n' "$MSG" >"$TMP/stream.json"
 printf '{%s,"stream":true,"stream_options":{"include_usage":true},"mock":{"chunks":200,"chunk_size":20}}\n' \
     "$MSG" >"$TMP/chunks.json"
@@ -213,6 +220,25 @@ taskset -a -p -c "$LOAD_CORE" "$MOCK_PID" >/dev/null
 run_side gateway
 
 printf '{"idle_rss_kb":%s,"peak_rss_kb":%s}\n' "$GW_IDLE_KB" "$(status_kb "$GW_PID" VmHWM)" >"$RES/mem.gateway.json"
+
+# ---------------------------------------------------------------- translated
+# OpenAI client -> Anthropic channel (same mock, Anthropic wire format), set
+# against the pass-through path: the "gateway" column is the translated run,
+# the "direct" column the pass-through run through the same gateway.
+xl() {
+    local metric=$1
+    shift
+    taskset -c "$LOAD_CORE" "$LOAD" rate --url "$GW_URL" --key "$KEY" \
+        --out "$RES/$metric.json" "$@" --pid "$GW_PID" --clk-tck "$CLK_TCK" >/dev/null 2>"$TMP/load.err" \
+        || { cat "$TMP/load.err" >&2; die "load run $metric failed"; }
+    sleep 0.5
+}
+say "[translated] OpenAI client -> Anthropic channel, 2000 req/s"
+xl xl_rate2000.gateway --body-file "$TMP/xl_chat.json" --rps 2000 --duration "$DURATION" --warmup 1
+cp "$RES/rate2000.gateway.json" "$RES/xl_rate2000.direct.json"
+say "[translated] streams of 8 chunks, 500/s, translated and pass-through"
+xl xl_stream8.gateway --body-file "$TMP/xl_stream.json" --rps 500 --duration "$DURATION" --warmup 1
+xl xl_stream8.direct --body-file "$TMP/stream.json" --rps 500 --duration "$DURATION" --warmup 1
 printf '{"idle_rss_kb":%s,"peak_rss_kb":%s}\n' "$MOCK_IDLE_KB" "$(status_kb "$MOCK_PID" VmHWM)" >"$RES/mem.direct.json"
 stop "$GW_PID"
 

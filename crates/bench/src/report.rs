@@ -113,6 +113,24 @@ fn rows() -> Vec<Row> {
             "chunks_paced",
             |v| at(v, &["cpu", "us_per_event"]),
         ),
+        r(
+            "translated ÷ pass-through: CPU per request @ 2000 req/s",
+            "µs",
+            "xl_rate2000",
+            |v| at(v, &["cpu", "us_per_request"]),
+        ),
+        r(
+            "translated ÷ pass-through: CPU per 8-chunk stream @ 500/s",
+            "µs",
+            "xl_stream8",
+            |v| at(v, &["cpu", "us_per_request"]),
+        ),
+        r(
+            "translated ÷ pass-through: CPU per stream event",
+            "µs",
+            "xl_stream8",
+            |v| at(v, &["cpu", "us_per_event"]),
+        ),
         r("idle RSS", "MiB", "mem", |v| {
             at(v, &["idle_rss_kb"]).map(|k| k / 1024.0)
         }),
