@@ -38,24 +38,27 @@ pub async fn credit(
         .await?)
 }
 
-/// Sets a model's price (USD per million tokens, decimal text).
+/// Sets a model's price (USD per million tokens, decimal text) and its
+/// optional price per call (USD; empty = none).
 pub async fn set_price(
     store: &Store,
     model: &str,
     input: &str,
     output: &str,
     cached_input: &str,
+    per_call: &str,
 ) -> Result<(), BillingError> {
     if model.trim().is_empty() {
         return Err(BillingError::Invalid("model cannot be empty".into()));
     }
-    Price::parse(input, output, cached_input)?;
+    Price::parse(input, output, cached_input)?.with_per_call(per_call)?;
     store
         .upsert_price(&PriceRow {
             model: model.to_string(),
             input: input.trim().to_string(),
             output: output.trim().to_string(),
             cached_input: cached_input.trim().to_string(),
+            per_call: per_call.trim().to_string(),
             updated_at: 0,
         })
         .await?;
@@ -80,6 +83,11 @@ pub async fn seed(store: &Store) -> Result<(), BillingError> {
             input: i.to_string(),
             output: o.to_string(),
             cached_input: c.to_string(),
+            per_call: crate::seed_per_call()
+                .iter()
+                .find(|(pm, _)| pm == m)
+                .map(|(_, pc)| pc.to_string())
+                .unwrap_or_default(),
             updated_at: 0,
         })
         .collect();

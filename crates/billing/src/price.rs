@@ -3,12 +3,15 @@
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
-/// Decimal USD per million tokens.
+/// Decimal USD per million tokens, and optionally USD per call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Price {
     pub input: Decimal,
     pub output: Decimal,
     pub cached_input: Decimal,
+    /// USD per call (per image for image generation); `None` = billed per
+    /// token only.
+    pub per_call: Option<Decimal>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,7 +49,18 @@ impl Price {
             input,
             output,
             cached_input,
+            per_call: None,
         })
+    }
+
+    /// Sets the per-call price from its stored text (empty = none).
+    pub fn with_per_call(mut self, per_call: &str) -> Result<Price, PriceError> {
+        self.per_call = if per_call.trim().is_empty() {
+            None
+        } else {
+            Some(parse_decimal(per_call)?)
+        };
+        Ok(self)
     }
 }
 
@@ -62,11 +76,23 @@ pub struct Usage {
 /// The exact cost of `usage` at `price` times the group `ratio`, in units,
 /// rounded once (half away from zero). Saturates at `i64::MAX`.
 pub fn cost_units(price: &Price, ratio: Decimal, usage: Usage) -> i64 {
+    cost_units_calls(price, ratio, usage, 0)
+}
+
+/// Like [`cost_units`], plus `calls` times the per-call price (USD per call
+/// = per_call × 1 000 000 units); the sum is multiplied by the group ratio
+/// and rounded once. A price without a per-call part adds nothing.
+pub fn cost_units_calls(price: &Price, ratio: Decimal, usage: Usage, calls: u64) -> i64 {
     let cached = usage.cached.min(usage.prompt);
     let uncached = usage.prompt - cached;
-    let total = Decimal::from(uncached) * price.input
+    let mut total = Decimal::from(uncached) * price.input
         + Decimal::from(cached) * price.cached_input
         + Decimal::from(usage.completion) * price.output;
+    if let Some(per_call) = price.per_call
+        && calls > 0
+    {
+        total += Decimal::from(calls) * per_call * Decimal::from(1_000_000);
+    }
     let total = total * ratio;
     total
         .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
@@ -113,6 +139,23 @@ pub fn seed_prices() -> &'static [(&'static str, &'static str, &'static str, &'s
         ("gemini-2.5-pro", "1.25", "10", "0.31"),
         ("gemini-2.5-flash", "0.3", "2.5", "0.075"),
         ("gemini-2.0-flash", "0.1", "0.4", "0.025"),
+        // tts-1: USD per million input characters
+        ("tts-1", "15", "0", ""),
+        ("omni-moderation-latest", "0", "0", ""),
+        ("dall-e-3", "0", "0", ""),
+        ("gpt-image-1", "0", "0", ""),
+        ("whisper-1", "0", "0", ""),
+    ]
+}
+
+/// Per-call prices seeded beside [`seed_prices`] (USD per call; per image
+/// for image models). whisper-1 is priced per minute of audio upstream; this
+/// service bills it per call.
+pub fn seed_per_call() -> &'static [(&'static str, &'static str)] {
+    &[
+        ("dall-e-3", "0.04"),
+        ("gpt-image-1", "0.04"),
+        ("whisper-1", "0.006"),
     ]
 }
 
@@ -202,5 +245,38 @@ mod tests {
         for (_, i, o, c) in seed_prices() {
             assert!(Price::parse(i, o, c).is_ok());
         }
+        for (m, c) in seed_per_call() {
+            assert!(seed_prices().iter().any(|(s, ..)| s == m));
+            assert!(p("0", "0", "").with_per_call(c).is_ok());
+        }
+        assert!(matches!(
+            p("0", "0", "").with_per_call("-1"),
+            Err(PriceError::Negative(_))
+        ));
+    }
+
+    #[test]
+    fn per_call_cost_adds_calls_and_rounds_once() {
+        let price = p("0.15", "0.6", "").with_per_call("0.04").unwrap();
+        // 3 calls × $0.04 = 120000 units
+        assert_eq!(
+            cost_units_calls(&price, Decimal::ONE, Usage::default(), 3),
+            120_000
+        );
+        // tokens + calls, ratio 1.5, rounded once: (0.45 + 40000) × 1.5 = 60000.675 → 60001
+        let u = Usage {
+            prompt: 3,
+            completion: 0,
+            cached: 0,
+        };
+        assert_eq!(
+            cost_units_calls(&price, parse_decimal("1.5").unwrap(), u, 1),
+            60_001
+        );
+        // no per-call price: calls add nothing; cost_units ignores per_call
+        let plain = p("0.15", "0.6", "");
+        assert_eq!(cost_units_calls(&plain, Decimal::ONE, u, 5), 0);
+        assert_eq!(cost_units(&price, Decimal::ONE, u), 0);
+        assert_eq!(price.with_per_call("").unwrap().per_call, None);
     }
 }

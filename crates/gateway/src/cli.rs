@@ -200,6 +200,9 @@ pub enum PriceCmd {
         /// Cached input price (default: the input price).
         #[arg(long, default_value = "")]
         cached: String,
+        /// Price per call in USD (per image for image models; default: none).
+        #[arg(long, default_value = "")]
+        per_call: String,
     },
     /// List prices.
     List,
@@ -269,8 +272,9 @@ async fn run_with(cmd: Command, store: &Store) -> anyhow::Result<i32> {
             input,
             output,
             cached,
+            per_call,
         }) => {
-            billing::ops::set_price(store, &model, &input, &output, &cached).await?;
+            billing::ops::set_price(store, &model, &input, &output, &cached, &per_call).await?;
             out(format!("price of {model} set"));
         }
         Command::Price(PriceCmd::List) => {
@@ -280,8 +284,13 @@ async fn run_with(cmd: Command, store: &Store) -> anyhow::Result<i32> {
                 } else {
                     &p.cached_input
                 };
+                let per_call = if p.per_call.is_empty() {
+                    String::new()
+                } else {
+                    format!("  per call {} USD", p.per_call)
+                };
                 out(format!(
-                    "{:<32} input {:>8}  output {:>8}  cached {:>8}  (USD / 1M tokens)",
+                    "{:<32} input {:>8}  output {:>8}  cached {:>8}  (USD / 1M tokens){per_call}",
                     p.model, p.input, p.output, cached
                 ));
             }

@@ -1,7 +1,10 @@
 //! A local stand-in for LLM provider HTTP APIs that speaks their documented wire formats:
 //!
 //! - OpenAI (`Authorization: Bearer KEY`): `POST /v1/chat/completions`,
-//!   `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models[/{id}]`.
+//!   `POST /v1/completions`, `POST /v1/embeddings`, `GET /v1/models[/{id}]`, and
+//!   minimal `POST /v1/images/generations`, `/v1/audio/speech` (100 bytes of
+//!   `audio/mpeg`), `/v1/audio/transcriptions` (`{"text":"hello world"}`),
+//!   `/v1/moderations` and `/v1/rerank` (no `mock` controls on these).
 //! - Anthropic Messages (`x-api-key: KEY` + `anthropic-version`): `POST /v1/messages`,
 //!   JSON or named SSE events (`message_start`, `ping`, `content_block_*`,
 //!   `message_delta`, `message_stop`).
@@ -23,11 +26,14 @@
 
 mod anthropic;
 mod errors;
+mod extras;
 mod gemini;
 mod plan;
 mod render;
 mod server;
 mod wire;
+
+pub use extras::SPEECH_BYTES;
 
 #[cfg(test)]
 mod tests;

@@ -486,6 +486,11 @@ async fn handle(
             generate(&st, &conn, Kind::Completion, &body).await
         }
         "/v1/embeddings" if method == Method::POST => embeddings(&st, &conn, &body).await,
+        "/v1/images/generations" if method == Method::POST => crate::extras::images(&body),
+        "/v1/audio/speech" if method == Method::POST => crate::extras::speech(&body),
+        "/v1/audio/transcriptions" if method == Method::POST => crate::extras::transcriptions(),
+        "/v1/moderations" if method == Method::POST => crate::extras::moderations(&body),
+        "/v1/rerank" if method == Method::POST => crate::extras::rerank(&body),
         "/v1/models" if method == Method::GET => models_list(),
         p if method == Method::GET && p.starts_with("/v1/models/") => {
             match &p["/v1/models/".len()..] {

@@ -880,3 +880,44 @@ async fn shutdown_closes_idle_connections() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn other_openai_endpoints() {
+    let m = MockUpstream::start().await.unwrap();
+    let r = post(
+        &m,
+        "/v1/images/generations",
+        &json!({"model": "dall-e-3", "n": 2}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+    let r = post(
+        &m,
+        "/v1/audio/speech",
+        &json!({"model": "tts-1", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("audio/mpeg"));
+    assert_eq!(r.body, crate::SPEECH_BYTES.to_vec());
+    let r = post(&m, "/v1/audio/transcriptions", &json!({})).await;
+    assert_eq!(r.json()["text"], "hello world");
+    assert_eq!(m.last_request().unwrap().path, "/v1/audio/transcriptions");
+    let r = post(
+        &m,
+        "/v1/moderations",
+        &json!({"model": "omni-moderation-latest", "input": "x"}),
+    )
+    .await;
+    assert_eq!(r.json()["results"][0]["flagged"], false);
+    let r = post(
+        &m,
+        "/v1/rerank",
+        &json!({"model": "rerank-1", "query": "a b", "documents": ["c d e", {"text": "f"}]}),
+    )
+    .await;
+    assert_eq!(r.json()["usage"]["total_tokens"], 6);
+    assert_eq!(r.json()["results"][0]["relevance_score"], 0.9);
+    m.shutdown();
+}

@@ -396,7 +396,9 @@ pub async fn load(
         }
     }
     for p in store.prices().await? {
-        match Price::parse(&p.input, &p.output, &p.cached_input) {
+        match Price::parse(&p.input, &p.output, &p.cached_input)
+            .and_then(|price| price.with_per_call(&p.per_call))
+        {
             Ok(price) => {
                 snap.prices.insert(p.model, price);
             }

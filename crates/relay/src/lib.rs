@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod formats;
 mod openai;
+mod passthrough;
 mod proxy;
 mod sse;
 mod tokens;

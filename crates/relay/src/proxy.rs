@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use billing::{Hold, HoldError, Price, Usage, cost_units, units_to_usd};
+use billing::{Hold, HoldError, Price, Usage, cost_units_calls, units_to_usd};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use storage::{LogRecord, Store};
@@ -22,6 +22,7 @@ use crate::cache::{self, ChannelEntry, KeyEntry, Snapshot, UserEntry, Wallets};
 use crate::error::{ErrorKind, RelayError};
 use crate::formats::{self, Api, RequestShape, StreamConv};
 use crate::openai;
+use crate::passthrough;
 use crate::sse::SseSplitter;
 use crate::tokens::{self, StreamCounter};
 use crate::writer::{Settled, WriteMsg, Writer};
@@ -39,6 +40,16 @@ pub enum Endpoint {
     GeminiGenerate,
     /// OpenAI `POST /v1/responses`.
     Responses,
+    /// OpenAI `POST /v1/images/generations`, billed per image.
+    ImagesGenerations,
+    /// OpenAI `POST /v1/audio/speech`: JSON in, audio bytes out.
+    AudioSpeech,
+    /// OpenAI `POST /v1/audio/transcriptions`: multipart form in.
+    AudioTranscriptions,
+    /// OpenAI `POST /v1/moderations`.
+    Moderations,
+    /// `POST /v1/rerank` (Cohere / Jina style).
+    Rerank,
 }
 
 impl Endpoint {
@@ -48,6 +59,11 @@ impl Endpoint {
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Responses => "/responses",
+            Endpoint::ImagesGenerations => "/images/generations",
+            Endpoint::AudioSpeech => "/audio/speech",
+            Endpoint::AudioTranscriptions => "/audio/transcriptions",
+            Endpoint::Moderations => "/moderations",
+            Endpoint::Rerank => "/rerank",
             Endpoint::AnthropicMessages | Endpoint::GeminiGenerate => "",
         }
     }
@@ -60,7 +76,25 @@ impl Endpoint {
             Endpoint::AnthropicMessages => "messages",
             Endpoint::GeminiGenerate => "generateContent",
             Endpoint::Responses => "responses",
+            Endpoint::ImagesGenerations => "images.generations",
+            Endpoint::AudioSpeech => "audio.speech",
+            Endpoint::AudioTranscriptions => "audio.transcriptions",
+            Endpoint::Moderations => "moderations",
+            Endpoint::Rerank => "rerank",
         }
+    }
+
+    /// Endpoints relayed as they are to OpenAI-compatible channels only,
+    /// billed per call or per token (see `passthrough`).
+    pub fn is_passthrough(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ImagesGenerations
+                | Endpoint::AudioSpeech
+                | Endpoint::AudioTranscriptions
+                | Endpoint::Moderations
+                | Endpoint::Rerank
+        )
     }
 
     pub fn api(self) -> Api {
@@ -73,7 +107,7 @@ impl Endpoint {
     }
 
     fn can_stream(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
+        !matches!(self, Endpoint::Embeddings) && !self.is_passthrough()
     }
 }
 
@@ -89,6 +123,8 @@ pub struct Inbound {
     /// The API key as the client sent it, without `Bearer `.
     pub api_key: Option<String>,
     pub client_ip: IpAddr,
+    /// The request's `content-type` (forwarded for multipart bodies).
+    pub content_type: Option<String>,
     pub body: Bytes,
     pub request_id: String,
 }
@@ -103,6 +139,9 @@ pub enum OutBody {
 pub struct Outbound {
     pub status: u16,
     pub body: OutBody,
+    /// The answer's content type when it is not JSON or SSE (pass-through
+    /// endpoints relay the upstream's, e.g. `audio/mpeg`).
+    pub content_type: Option<String>,
 }
 
 /// The result of a channel test or probe.
@@ -167,6 +206,36 @@ struct Meter {
     strip_models: bool,
     anthropic_version: Option<String>,
     anthropic_beta: Option<String>,
+    /// The request's content type, forwarded for pass-through endpoints.
+    content_type: Option<String>,
+    /// Images asked for (pass-through image generation).
+    n: u64,
+    /// Calls billed at the per-call price (pass-through endpoints).
+    calls: u64,
+    /// The tokens of a pass-through answer were counted here.
+    estimated: bool,
+}
+
+fn openai_compatible(ch: &ChannelEntry) -> bool {
+    matches!(ch.kind.as_str(), "openai" | "azure")
+}
+
+/// The tiers without the channels that cannot serve a pass-through
+/// endpoint.
+fn compatible_tiers(tiers: &[cache::Tier]) -> Vec<cache::Tier> {
+    tiers
+        .iter()
+        .map(|t| cache::Tier {
+            priority: t.priority,
+            channels: t
+                .channels
+                .iter()
+                .filter(|c| openai_compatible(c))
+                .cloned()
+                .collect(),
+        })
+        .filter(|t| !t.channels.is_empty())
+        .collect()
 }
 
 /// What an attempt says about the channel's health.
@@ -397,9 +466,31 @@ impl Relay {
             ));
         }
         let api = inb.endpoint.api();
-        let head =
-            openai::parse_head(&inb.body).map_err(|m| RelayError::new(ErrorKind::BadRequest, m))?;
-        let model: String = match inb.model.as_deref().or(head.model.as_deref()) {
+        let multipart = inb.endpoint == Endpoint::AudioTranscriptions;
+        let form_model = if multipart {
+            let ct = inb.content_type.as_deref().unwrap_or("");
+            if !ct.starts_with("multipart/form-data") {
+                return Err(RelayError::new(
+                    ErrorKind::BadRequest,
+                    "This endpoint takes a multipart/form-data body (fields `file`, `model`, …).",
+                ));
+            }
+            passthrough::multipart_field(&inb.body, ct, "model")
+        } else {
+            None
+        };
+        let head = if multipart {
+            openai::parse_head(b"{}")
+        } else {
+            openai::parse_head(&inb.body)
+        }
+        .map_err(|m| RelayError::new(ErrorKind::BadRequest, m))?;
+        let model: String = match inb
+            .model
+            .as_deref()
+            .or(form_model.as_deref())
+            .or(head.model.as_deref())
+        {
             Some(m) if !m.is_empty() => m.to_string(),
             _ => {
                 return Err(RelayError::new(
@@ -444,6 +535,24 @@ impl Relay {
                 RelayError::new(ErrorKind::ModelNotFound, "No model to serve.")
             }));
         }
+        if inb.endpoint.is_passthrough() {
+            plan.retain(|(m, _)| {
+                snap.tiers(&user.group, m).is_some_and(|ts| {
+                    ts.iter()
+                        .any(|t| t.channels.iter().any(|c| openai_compatible(c)))
+                })
+            });
+            if plan.is_empty() {
+                return Err(RelayError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "The endpoint /v1{} is served only by OpenAI-compatible channels, and `{model}` has none.",
+                        inb.endpoint.openai_path()
+                    ),
+                )
+                .with_param("model"));
+            }
+        }
         let stream = inb.endpoint.can_stream() && inb.stream.or(head.stream).unwrap_or(false);
         let client_wants_usage = head
             .stream_options
@@ -461,7 +570,11 @@ impl Relay {
         };
         let n = n.clamp(1, 128);
         let completion_bound = match inb.endpoint {
-            Endpoint::Embeddings => 0,
+            Endpoint::Embeddings
+            | Endpoint::ImagesGenerations
+            | Endpoint::AudioSpeech
+            | Endpoint::Moderations
+            | Endpoint::Rerank => 0,
             Endpoint::Completions => head.max_tokens.unwrap_or(16),
             _ => max_out.unwrap_or(self.cfg.default_max_tokens),
         }
@@ -469,17 +582,26 @@ impl Relay {
         drop(head);
         // Every token is at least one byte, so the body length bounds the
         // prompt; the hold covers the dearest model that may serve.
+        // Pass-through endpoints: n images, else one call, at the per-call
+        // price; a multipart body (audio) bounds no token count.
+        let calls = match inb.endpoint {
+            Endpoint::ImagesGenerations => n,
+            e if e.is_passthrough() => 1,
+            _ => 0,
+        };
+        let prompt_bound = if multipart { 0 } else { inb.body.len() as u64 };
         let estimate = plan
             .iter()
             .map(|(_, price)| {
-                cost_units(
+                cost_units_calls(
                     price,
                     user.ratio,
                     Usage {
-                        prompt: inb.body.len() as u64,
+                        prompt: prompt_bound,
                         completion: completion_bound,
                         cached: 0,
                     },
+                    calls,
                 )
             })
             .max()
@@ -502,6 +624,10 @@ impl Relay {
             strip_models,
             anthropic_version: inb.anthropic_version,
             anthropic_beta: inb.anthropic_beta,
+            content_type: inb.content_type,
+            n,
+            calls: 0,
+            estimated: false,
         };
         let mut last: Option<RelayError> = None;
         let mut last_channel = 0;
@@ -509,7 +635,11 @@ impl Relay {
             let Some(tiers) = snap.tiers(&meter.user.group, &m) else {
                 continue;
             };
-            let candidates = cache::candidate_order(tiers, self.cfg.retries as usize + 1);
+            let candidates = if meter.endpoint.is_passthrough() {
+                cache::candidate_order(&compatible_tiers(tiers), self.cfg.retries as usize + 1)
+            } else {
+                cache::candidate_order(tiers, self.cfg.retries as usize + 1)
+            };
             meter.model = m;
             meter.price = price;
             let mut attempts_left = self.cfg.retries as usize + 1;
@@ -886,15 +1016,24 @@ impl Relay {
             default_max_tokens: self.cfg.default_max_tokens,
             strip_models: meter.strip_models,
         };
-        let req = match formats::build_request(
-            &shape,
-            target,
-            &meter.body,
-            &meter.body_model,
-            &upstream_model,
-        ) {
-            Ok(r) => r,
-            Err(e) => return (Attempt::Fatal(e), Blame::None),
+        let passthrough = meter.endpoint.is_passthrough();
+        let req = if passthrough && meter.endpoint == Endpoint::AudioTranscriptions {
+            // the multipart body goes as it came, boundary and all
+            formats::UpstreamRequest {
+                path: meter.endpoint.openai_path().to_string(),
+                body: meter.body.clone(),
+            }
+        } else {
+            match formats::build_request(
+                &shape,
+                target,
+                &meter.body,
+                &meter.body_model,
+                &upstream_model,
+            ) {
+                Ok(r) => r,
+                Err(e) => return (Attempt::Fatal(e), Blame::None),
+            }
         };
         let url = if ch.kind == "azure" {
             let version = if ch.api_version.is_empty() {
@@ -926,12 +1065,13 @@ impl Relay {
         } else {
             self.cfg.first_byte_timeout_secs
         });
-        let mut rb = ch
-            .client
-            .as_ref()
-            .unwrap_or(&self.client)
-            .post(url)
-            .header(http::header::CONTENT_TYPE, "application/json");
+        let mut rb = ch.client.as_ref().unwrap_or(&self.client).post(url).header(
+            http::header::CONTENT_TYPE,
+            match (&meter.content_type, meter.endpoint) {
+                (Some(ct), Endpoint::AudioTranscriptions) => ct.as_str(),
+                _ => "application/json",
+            },
+        );
         for (k, v) in &ch.headers {
             rb = rb.header(k, v);
         }
@@ -994,6 +1134,11 @@ impl Relay {
                 .start_stream(ch, meter, resp, upstream_model, target)
                 .await;
         }
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body =
             match tokio::time::timeout(first_byte, read_capped(resp, self.cfg.max_response_bytes))
                 .await
@@ -1010,6 +1155,11 @@ impl Relay {
                     );
                 }
             };
+        if passthrough {
+            return self
+                .finish_passthrough(ch, meter, upstream_model, status, content_type, body)
+                .await;
+        }
         let (body, usage) =
             match formats::convert_body(client, target, body, &meter.model, &meter.body) {
                 Ok(x) => x,
@@ -1042,6 +1192,44 @@ impl Relay {
             Attempt::Done(Outbound {
                 status,
                 body: OutBody::Full(body),
+                content_type: None,
+            }),
+            Blame::None,
+        )
+    }
+
+    /// Settles a pass-through answer and relays its bytes and content type
+    /// as they came.
+    async fn finish_passthrough(
+        &self,
+        ch: &Arc<ChannelEntry>,
+        meter: &mut Meter,
+        upstream_model: String,
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    ) -> (Attempt, Blame) {
+        let bill = passthrough::bill(meter.endpoint, &meter.price, &meter.body, meter.n, &body);
+        let mut meter = take_meter(meter);
+        meter.calls = bill.calls;
+        meter.estimated = bill.estimated;
+        let ttft = meter.started.elapsed();
+        self.settle(
+            meter,
+            ch.id,
+            upstream_model,
+            Some(bill.usage),
+            None,
+            status,
+            String::new(),
+            ttft,
+        )
+        .await;
+        (
+            Attempt::Done(Outbound {
+                status,
+                body: OutBody::Full(body),
+                content_type: Some(content_type.unwrap_or_else(|| "application/json".into())),
             }),
             Blame::None,
         )
@@ -1155,6 +1343,7 @@ impl Relay {
             Attempt::Done(Outbound {
                 status,
                 body: OutBody::Stream(rx),
+                content_type: None,
             }),
             Blame::None,
         )
@@ -1173,7 +1362,7 @@ impl Relay {
         ttft: Duration,
     ) {
         let (usage, estimated) = match usage {
-            Some(u) => (u, false),
+            Some(u) => (u, meter.estimated),
             None => {
                 let (text, messages) = openai::prompt_text(&meter.body);
                 let prompt = tokens::count(&text) + 3 * messages + if messages > 0 { 3 } else { 0 };
@@ -1188,7 +1377,7 @@ impl Relay {
                 )
             }
         };
-        let cost = cost_units(&meter.price, meter.user.ratio, usage);
+        let cost = cost_units_calls(&meter.price, meter.user.ratio, usage, meter.calls);
         let log = LogRecord {
             id: 0,
             request_id: meter.request_id,
@@ -1268,6 +1457,10 @@ fn take_meter(m: &mut Meter) -> Meter {
         strip_models: m.strip_models,
         anthropic_version: None,
         anthropic_beta: None,
+        content_type: None,
+        n: m.n,
+        calls: 0,
+        estimated: false,
     };
     std::mem::replace(m, placeholder)
 }

@@ -23,6 +23,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_channel_health.sql"),
         postgres: include_str!("../migrations/postgres/0002_channel_health.sql"),
     },
+    Migration {
+        name: "0003_per_call_price",
+        sqlite: include_str!("../migrations/sqlite/0003_per_call_price.sql"),
+        postgres: include_str!("../migrations/postgres/0003_per_call_price.sql"),
+    },
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

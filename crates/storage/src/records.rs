@@ -173,6 +173,9 @@ pub struct PriceRow {
     pub output: String,
     /// Empty = same as `input`.
     pub cached_input: String,
+    /// USD per call (decimal text); empty = none.
+    #[serde(default)]
+    pub per_call: String,
     pub updated_at: i64,
 }
 

@@ -779,7 +779,7 @@ impl Store {
 
     pub async fn prices(&self) -> Result<Vec<PriceRow>> {
         let rows = sqlx::query(
-            "SELECT model, input, output, cached_input, updated_at FROM prices ORDER BY model",
+            "SELECT model, input, output, cached_input, per_call, updated_at FROM prices ORDER BY model",
         )
         .fetch_all(&self.read)
         .await?;
@@ -790,6 +790,7 @@ impl Store {
                     input: r.try_get("input")?,
                     output: r.try_get("output")?,
                     cached_input: r.try_get("cached_input")?,
+                    per_call: r.try_get("per_call")?,
                     updated_at: r.try_get("updated_at")?,
                 })
             })
@@ -798,14 +799,15 @@ impl Store {
 
     pub async fn upsert_price(&self, p: &PriceRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO prices (model, input, output, cached_input, updated_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO prices (model, input, output, cached_input, per_call, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (model) DO UPDATE SET input = excluded.input, output = excluded.output, \
-             cached_input = excluded.cached_input, updated_at = excluded.updated_at",
+             cached_input = excluded.cached_input, per_call = excluded.per_call, updated_at = excluded.updated_at",
         )
         .bind(&p.model)
         .bind(&p.input)
         .bind(&p.output)
         .bind(&p.cached_input)
+        .bind(&p.per_call)
         .bind(now_ms())
         .execute(&self.write)
         .await?;
@@ -816,13 +818,14 @@ impl Store {
     pub async fn seed_prices(&self, seed: &[PriceRow]) -> Result<()> {
         for p in seed {
             sqlx::query(
-                "INSERT INTO prices (model, input, output, cached_input, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model) DO NOTHING",
+                "INSERT INTO prices (model, input, output, cached_input, per_call, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (model) DO NOTHING",
             )
             .bind(&p.model)
             .bind(&p.input)
             .bind(&p.output)
             .bind(&p.cached_input)
+            .bind(&p.per_call)
             .bind(now_ms())
             .execute(&self.write)
             .await?;

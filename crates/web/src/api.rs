@@ -590,6 +590,9 @@ struct PriceBody {
     output: String,
     #[serde(default)]
     cached_input: String,
+    /// USD per call; absent or empty = none.
+    #[serde(default)]
+    per_call: String,
 }
 
 async fn price_put(
@@ -598,10 +601,19 @@ async fn price_put(
     Path(model): Path<String>,
     Body(p): Body<PriceBody>,
 ) -> ApiResult {
-    billing::ops::set_price(&s.store, &model, &p.input, &p.output, &p.cached_input).await?;
+    billing::ops::set_price(
+        &s.store,
+        &model,
+        &p.input,
+        &p.output,
+        &p.cached_input,
+        &p.per_call,
+    )
+    .await?;
     reload(&s).await?;
     Ok(Json(
-        json!({"model": model, "input": p.input, "output": p.output, "cached_input": p.cached_input}),
+        json!({"model": model, "input": p.input, "output": p.output,
+        "cached_input": p.cached_input, "per_call": p.per_call}),
     ))
 }
 

@@ -70,6 +70,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai_routes::embeddings))
         .route("/v1/messages", post(openai_routes::anthropic_messages))
         .route("/v1/responses", post(openai_routes::responses))
+        .route(
+            "/v1/images/generations",
+            post(openai_routes::images_generations),
+        )
+        .route("/v1/audio/speech", post(openai_routes::audio_speech))
+        .route(
+            "/v1/audio/transcriptions",
+            post(openai_routes::audio_transcriptions),
+        )
+        .route("/v1/moderations", post(openai_routes::moderations))
+        .route("/v1/rerank", post(openai_routes::rerank))
         .route("/v1beta/models", get(openai_routes::gemini_models))
         .route(
             "/v1beta/models/{*rest}",

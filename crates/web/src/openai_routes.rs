@@ -132,6 +132,7 @@ async fn relay_call(
         anthropic_beta: header_string(&parts.headers, "anthropic-beta"),
         api_key: api_key_any(&parts.headers, parts.uri.query()),
         client_ip: state.cfg.proxies.client_ip(peer.ip(), &parts.headers),
+        content_type: header_string(&parts.headers, "content-type"),
         body,
         request_id: id.clone(),
     };
@@ -140,7 +141,12 @@ async fn relay_call(
             let status = StatusCode::from_u16(out.status).unwrap_or(StatusCode::OK);
             let resp = match out.body {
                 OutBody::Full(b) => {
-                    (status, [(header::CONTENT_TYPE, "application/json")], b).into_response()
+                    let ct = out
+                        .content_type
+                        .as_deref()
+                        .and_then(|c| HeaderValue::from_str(c).ok())
+                        .unwrap_or(HeaderValue::from_static("application/json"));
+                    (status, [(header::CONTENT_TYPE, ct)], b).into_response()
                 }
                 OutBody::Stream(rx) => {
                     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -194,6 +200,46 @@ pub async fn responses(
     req: Request,
 ) -> Response {
     relay_endpoint(s, Endpoint::Responses, peer, req).await
+}
+
+pub async fn images_generations(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::ImagesGenerations, peer, req).await
+}
+
+pub async fn audio_speech(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::AudioSpeech, peer, req).await
+}
+
+pub async fn audio_transcriptions(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::AudioTranscriptions, peer, req).await
+}
+
+pub async fn moderations(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::Moderations, peer, req).await
+}
+
+pub async fn rerank(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    relay_endpoint(s, Endpoint::Rerank, peer, req).await
 }
 
 pub async fn anthropic_messages(

@@ -14,6 +14,7 @@ mod channels;
 mod cli;
 mod dialects;
 mod errors;
+mod passthrough;
 mod python_sdk;
 mod relay_openai;
 mod storage_suite;
