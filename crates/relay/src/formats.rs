@@ -5,7 +5,7 @@
 //! forwarded as it came (only the model renamed, and for OpenAI streams the
 //! usage chunk requested), and the answer's bytes are relayed as they come,
 //! scanned for usage. Between dialects, OpenAI Chat Completions is the hub:
-//! `translate::anthropic` and `translate::gemini` map to and from it, and a
+//! `providers::anthropic` and `providers::gemini` map to and from it, and a
 //! Gemini request for an Anthropic channel goes through both.
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use crate::error::{ErrorKind, RelayError};
 use crate::openai::{self, UsageCarrier};
 use crate::sse;
 use crate::tokens::StreamCounter;
-use crate::translate::{TranslateError, anthropic, gemini, responses};
+use crate::providers::{TranslateError, anthropic, gemini, responses};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {

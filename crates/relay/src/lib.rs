@@ -14,7 +14,7 @@ mod passthrough;
 mod proxy;
 mod sse;
 mod tokens;
-pub mod translate;
+pub mod providers;
 mod upstream;
 pub mod writer;
 

@@ -452,3 +452,49 @@ async fn odd_inputs_get_clear_errors_and_never_break_the_server() {
     assert!(t.balance(uid).await < 1_000_000);
     t.finish().await;
 }
+
+#[tokio::test]
+async fn a_slow_channel_times_out_and_the_next_one_serves() {
+    let t = TestApp::spawn_with(test_support::Backend::Sqlite, |c| {
+        c.relay.first_byte_timeout_secs = 1
+    })
+    .await;
+    let slow = mock_upstream::MockUpstream::start().await.unwrap();
+    slow.set_behavior(Behavior::Delay(3000));
+    t.add_channel("slow", &slow.base_url(), "sk-s", &["gpt-4o-mini"], 10)
+        .await;
+    t.add_mock_channel("fast", &["gpt-4o-mini"], 0).await;
+    let (uid, key) = t.user_with_key("sid", "1").await;
+    for stream in [false, true] {
+        let started = std::time::Instant::now();
+        let r = t
+            .chat(
+                &key,
+                &json!({"model": "gpt-4o-mini", "stream": stream,
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+    assert_eq!(slow.requests(), 2);
+    // both requests billed once each, at the fast channel
+    t.app.relay.flush().await;
+    let logs = t
+        .app
+        .store
+        .logs(&storage::LogFilter {
+            user_id: Some(uid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 2);
+    assert!(
+        logs.iter()
+            .all(|l| l.status == 200 && l.cost > 0 && l.channel_id == 2)
+    );
+    t.assert_ledger_ok().await;
+    t.finish().await;
+}
