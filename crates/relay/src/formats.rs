@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use crate::error::{ErrorKind, RelayError};
 use crate::openai::{self, UsageCarrier};
+use crate::providers::{TranslateError, anthropic, gemini, responses};
 use crate::sse;
 use crate::tokens::StreamCounter;
-use crate::providers::{TranslateError, anthropic, gemini, responses};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {

@@ -11,10 +11,10 @@ pub mod error;
 pub mod formats;
 mod openai;
 mod passthrough;
+pub mod providers;
 mod proxy;
 mod sse;
 mod tokens;
-pub mod providers;
 mod upstream;
 pub mod writer;
 
