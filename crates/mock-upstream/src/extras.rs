@@ -125,3 +125,78 @@ pub(crate) fn rerank(body: &[u8]) -> Response {
         "usage": {"total_tokens": n},
     }))
 }
+
+/// Input tokens of a Responses request, by the mock's usual rule: text
+/// bytes / 4 rounded up, plus 3 per input item, at least 1.
+pub fn responses_input_tokens(v: &Value) -> u64 {
+    fn bytes(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => s.len() as u64,
+            Value::Array(a) => a.iter().map(bytes).sum(),
+            Value::Object(o) => ["text", "content"]
+                .iter()
+                .filter_map(|k| o.get(*k))
+                .map(bytes)
+                .sum(),
+            _ => 0,
+        }
+    }
+    let input = v.get("input").unwrap_or(&Value::Null);
+    let items = input.as_array().map(|a| a.len() as u64).unwrap_or(1);
+    let instr = v.get("instructions").map(bytes).unwrap_or(0);
+    ((bytes(input) + instr).div_ceil(4) + 3 * items).max(1)
+}
+
+/// The mock's Responses reply text and its token count.
+pub const RESPONSES_TEXT: &str = "Hello from the mock Responses API.";
+
+/// `POST /v1/responses`: a completed response, or its typed event stream
+/// (`response.created`, text deltas, `response.completed` with usage).
+pub(crate) fn responses(body: &[u8]) -> Response {
+    let v = match object(body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let model = match model(&v) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let input = responses_input_tokens(&v);
+    let output = (RESPONSES_TEXT.len() as u64).div_ceil(4);
+    let message = json!({"type": "message", "id": "msg_mock", "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": RESPONSES_TEXT, "annotations": []}]});
+    let done = json!({"id": "resp_mock", "object": "response", "created_at": unix_now(),
+        "status": "completed", "model": model, "output": [message],
+        "usage": {"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": input + output}});
+    if v.get("stream").and_then(Value::as_bool) != Some(true) {
+        return ok_json(&done);
+    }
+    let mut events: Vec<(String, Value)> = Vec::new();
+    let mut created = done.clone();
+    created["status"] = json!("in_progress");
+    created["output"] = json!([]);
+    created["usage"] = Value::Null;
+    events.push(("response.created".into(), json!({"response": created})));
+    for piece in RESPONSES_TEXT.split_inclusive(' ') {
+        events.push((
+            "response.output_text.delta".into(),
+            json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": piece}),
+        ));
+    }
+    events.push(("response.completed".into(), json!({"response": done})));
+    let mut out = String::new();
+    for (seq, (name, mut data)) in events.into_iter().enumerate() {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        out.push_str(&format!("event: {name}\ndata: {data}\n\n"));
+    }
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}

@@ -33,7 +33,7 @@ mod render;
 mod server;
 mod wire;
 
-pub use extras::SPEECH_BYTES;
+pub use extras::{RESPONSES_TEXT, SPEECH_BYTES, responses_input_tokens};
 
 #[cfg(test)]
 mod tests;

@@ -491,6 +491,7 @@ async fn handle(
         "/v1/audio/transcriptions" if method == Method::POST => crate::extras::transcriptions(),
         "/v1/moderations" if method == Method::POST => crate::extras::moderations(&body),
         "/v1/rerank" if method == Method::POST => crate::extras::rerank(&body),
+        "/v1/responses" if method == Method::POST => crate::extras::responses(&body),
         "/v1/models" if method == Method::GET => models_list(),
         p if method == Method::GET && p.starts_with("/v1/models/") => {
             match &p["/v1/models/".len()..] {

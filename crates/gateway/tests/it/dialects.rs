@@ -559,3 +559,78 @@ async fn responses_api_is_served_through_chat_channels() {
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn responses_api_is_relayed_natively_to_channels_that_speak_it() {
+    let t = TestApp::spawn(Backend::Sqlite).await;
+    t.admin(
+        "POST",
+        "/api/channels",
+        Some(
+            json!({"name": "native", "base_url": t.mock.base_url(), "api_keys": ["sk-up"],
+                    "models": [MODEL], "native_responses": true}),
+        ),
+    )
+    .await;
+    t.admin(
+        "PUT",
+        &format!("/api/prices/{MODEL}"),
+        Some(json!({"input": "3", "output": "15", "cached_input": "0.3"})),
+    )
+    .await;
+    let (uid, key) = t.user_with_key("nat", "10").await;
+    let body =
+        json!({"model": MODEL, "instructions": "Be brief.", "input": "Say hi", "store": false});
+    let r = t
+        .http
+        .post(t.url("/v1/responses"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        mock_upstream::RESPONSES_TEXT
+    );
+    let sent = t.mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/responses");
+    assert_eq!(
+        sent.json().unwrap(),
+        body,
+        "a native request is forwarded untouched"
+    );
+    let input = mock_upstream::responses_input_tokens(&body);
+    let output = (mock_upstream::RESPONSES_TEXT.len() as u64).div_ceil(4);
+    let log = last_cost(&t, uid).await;
+    assert_eq!(
+        (log.prompt_tokens as u64, log.completion_tokens as u64),
+        (input, output)
+    );
+    assert_eq!(log.cost, cost(input, output, 0));
+    // streamed: the upstream's typed events reach the client; usage from response.completed
+    let mut body = body;
+    body["stream"] = json!(true);
+    let r = t
+        .http
+        .post(t.url("/v1/responses"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = sse(&r.text().await.unwrap());
+    assert_eq!(events.first().unwrap().0, "response.created");
+    assert_eq!(events.last().unwrap().0, "response.completed");
+    let log = last_cost(&t, uid).await;
+    assert!(log.is_stream && !log.estimated);
+    assert_eq!(
+        (log.prompt_tokens as u64, log.completion_tokens as u64),
+        (input, output)
+    );
+    t.assert_ledger_ok().await;
+    t.finish().await;
+}
