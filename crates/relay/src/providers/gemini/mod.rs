@@ -20,11 +20,11 @@
 //!   `thought` parts of earlier turns and thought signatures.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
 pub use super::TranslateError;
+use super::now;
 
 type Result<T> = std::result::Result<T, TranslateError>;
 
@@ -88,13 +88,6 @@ fn random_hex() -> String {
         rand::random::<u64>(),
         rand::random::<u32>()
     )
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The message of an `{"error": …}` body, or the body itself.

@@ -39,7 +39,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use billing::Usage;
 use serde_json::{Map, Value, json};
@@ -47,10 +46,10 @@ use serde_json::{Map, Value, json};
 /// Shared by all translators: `Unsupported` names a feature the target
 /// cannot express, `Invalid` says where the input is malformed.
 pub use super::TranslateError;
-
-fn invalid(msg: impl Into<String>) -> TranslateError {
-    TranslateError::Invalid(msg.into())
-}
+use super::{
+    as_object, chat_content_text, chat_reasoning, error_message, field, invalid, now, str_field,
+    type_of,
+};
 
 /// A Responses feature a Chat Completions channel cannot serve.
 fn unsupported(feature: impl Display) -> TranslateError {
@@ -63,33 +62,8 @@ fn unsupported(feature: impl Display) -> TranslateError {
 // Small JSON helpers
 // ---------------------------------------------------------------------------
 
-fn as_object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, TranslateError> {
-    v.as_object()
-        .ok_or_else(|| invalid(format!("{what} must be a JSON object")))
-}
-
-/// The field, unless absent or `null`.
-fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    m.get(key).filter(|v| !v.is_null())
-}
-
-fn str_field<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    m.get(key).and_then(Value::as_str)
-}
-
-fn type_of(m: &Map<String, Value>) -> &str {
-    str_field(m, "type").unwrap_or("")
-}
-
 fn u64_field(m: &Map<String, Value>, key: &str) -> Option<u64> {
     m.get(key).and_then(Value::as_u64)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn random_suffix() -> String {
@@ -99,18 +73,6 @@ fn random_suffix() -> String {
         .take(24)
         .map(char::from)
         .collect()
-}
-
-/// The message of an error object (`{"message": …}`), or its JSON.
-fn error_message(err: &Value) -> String {
-    match err {
-        Value::String(s) => s.clone(),
-        Value::Object(m) => match str_field(m, "message") {
-            Some(s) => s.to_owned(),
-            None => err.to_string(),
-        },
-        _ => err.to_string(),
-    }
 }
 
 /// Tool-call arguments as the JSON string both formats carry.
@@ -705,26 +667,6 @@ fn part_json(kind: PartKind, text: &str) -> Value {
         PartKind::Text => json!({"type": "output_text", "text": text, "annotations": []}),
         PartKind::Refusal => json!({"type": "refusal", "refusal": text}),
     }
-}
-
-/// Text of a chat message `content` (a string or text parts).
-fn chat_content_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => String::new(),
-    }
-}
-
-/// Reasoning text of a chat message or delta (`reasoning_content`, or the
-/// `reasoning` some hosts use).
-fn chat_reasoning(m: &Map<String, Value>) -> Option<&str> {
-    str_field(m, "reasoning_content")
-        .or_else(|| str_field(m, "reasoning"))
-        .filter(|s| !s.is_empty())
 }
 
 /// A chat completion as a Responses response object, `model` set to the
