@@ -277,6 +277,26 @@ impl TestApp {
         (uid, k["key"].as_str().unwrap().to_string())
     }
 
+    /// A user's request log rows, newest first, after everything settled so
+    /// far is written.
+    pub async fn logs_of(&self, user_id: i64) -> Vec<storage::LogRecord> {
+        self.app.relay.flush().await;
+        self.app
+            .store
+            .logs(&storage::LogFilter {
+                user_id: Some(user_id),
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A user's newest log row.
+    pub async fn last_log(&self, user_id: i64) -> storage::LogRecord {
+        self.logs_of(user_id).await.into_iter().next().unwrap()
+    }
+
     pub async fn balance(&self, user_id: i64) -> i64 {
         self.app.relay.flush().await;
         self.app.store.user(user_id).await.unwrap().balance

@@ -75,17 +75,7 @@ async fn concurrent_requests_never_overdraw() {
             balance - ok * cost,
             "exactly the served requests are charged"
         );
-        t.app.relay.flush().await;
-        let logs = t
-            .app
-            .store
-            .logs(&storage::LogFilter {
-                user_id: Some(uid),
-                limit: Some(1000),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let logs = t.logs_of(uid).await;
         assert_eq!(logs.iter().filter(|l| l.status == 200).count() as i64, ok);
         assert_eq!(logs.iter().map(|l| l.cost).sum::<i64>(), ok * cost);
         t.assert_ledger_ok().await;
@@ -107,16 +97,7 @@ async fn missing_usage_is_counted_with_the_tokenizer_and_marked() {
             .await;
         assert_eq!(r.status(), 200);
         let _ = r.bytes().await.unwrap();
-        t.app.relay.flush().await;
-        let logs = t
-            .app
-            .store
-            .logs(&storage::LogFilter {
-                user_id: Some(uid),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let logs = t.logs_of(uid).await;
         assert_eq!(logs.len(), 1);
         let l = &logs[0];
         assert!(l.estimated, "stream={stream}");
@@ -172,15 +153,7 @@ async fn key_quota_accumulates_and_topups_from_another_process_apply() {
         let _ = r.bytes().await;
         t.app.relay.flush().await;
         let row = t.app.store.api_key(kid).await.unwrap();
-        let logs = t
-            .app
-            .store
-            .logs(&storage::LogFilter {
-                user_id: Some(uid),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let logs = t.logs_of(uid).await;
         assert_eq!(row.used, logs.iter().map(|l| l.cost).sum::<i64>());
         assert!(row.used > 0);
         assert_eq!(t.balance(uid).await, 2_000_000 - row.used);

@@ -159,16 +159,7 @@ async fn failing_channels_are_disabled_then_probed_back() {
         "the re-enabled channel serves again"
     );
     // every served request was billed once; failed attempts cost nothing
-    t.app.relay.flush().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let logs = t.logs_of(uid).await;
     assert_eq!(logs.len(), 7);
     assert!(logs.iter().all(|l| l.status == 200 && l.cost > 0));
     t.assert_ledger_ok().await;
@@ -238,17 +229,7 @@ async fn fallback_models_serve_when_every_channel_of_the_first_fails() {
             cached: 0,
         },
     );
-    t.app.relay.flush().await;
-    let log = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .remove(0);
+    let log = t.last_log(uid).await;
     assert_eq!(log.model, "gpt-4o-mini");
     assert_eq!(log.cost, expected);
     // an operator-configured chain does the same without the client asking

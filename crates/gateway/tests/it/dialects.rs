@@ -45,20 +45,6 @@ fn cost(prompt: u64, completion: u64, cached: u64) -> i64 {
     )
 }
 
-async fn last_cost(t: &TestApp, uid: i64) -> storage::LogRecord {
-    t.app.relay.flush().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    logs.into_iter().next().unwrap()
-}
-
 /// Named SSE events (name, data) of a body.
 fn sse(body: &str) -> Vec<(String, String)> {
     body.replace("\r\n", "\n")
@@ -133,7 +119,7 @@ async fn anthropic_client_on_anthropic_channel_is_relayed_natively() {
     );
     // Anthropic's input_tokens excludes cache reads; billing counts them at the cached price
     assert_eq!(v["usage"]["cache_read_input_tokens"], 4);
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(
         (
             log.prompt_tokens as u64,
@@ -162,7 +148,7 @@ async fn anthropic_client_on_anthropic_channel_is_relayed_natively() {
         &body,
         t.mock.defaults(),
     );
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert!(log.is_stream && !log.estimated);
     assert_eq!(
         (log.prompt_tokens as u64, log.completion_tokens as u64),
@@ -247,7 +233,7 @@ async fn openai_client_on_anthropic_channel_is_translated() {
     assert_eq!(sent["max_tokens"], 100);
     let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
     let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
-    assert_eq!(last_cost(&t, uid).await.cost, cost(prompt, completion, 0));
+    assert_eq!(t.last_log(uid).await.cost, cost(prompt, completion, 0));
 
     // streamed, with tools: OpenAI chunks, tool call index from 0, [DONE] at the end
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]);
@@ -276,7 +262,7 @@ async fn openai_client_on_anthropic_channel_is_translated() {
         "Paris"
     );
     let u = usage.expect("the client asked for usage");
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(
         log.prompt_tokens as u64,
         u["prompt_tokens"].as_u64().unwrap()
@@ -320,7 +306,7 @@ async fn anthropic_client_on_openai_channel_is_translated() {
         })
         .collect();
     assert!(text.len() > 10);
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert!(log.is_stream && !log.estimated && log.cost > 0, "{log:?}");
     t.assert_ledger_ok().await;
     t.finish().await;
@@ -348,7 +334,7 @@ async fn gemini_client_on_gemini_channel_is_relayed_natively() {
         &gemini_body(),
         t.mock.defaults(),
     );
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(
         (log.prompt_tokens as u64, log.completion_tokens as u64),
         (p, c)
@@ -370,7 +356,7 @@ async fn gemini_client_on_gemini_channel_is_relayed_natively() {
             .contains(&key),
         "the user's key never goes upstream"
     );
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert!(log.is_stream && !log.estimated);
     assert_eq!(
         (log.prompt_tokens as u64, log.completion_tokens as u64),
@@ -441,7 +427,7 @@ async fn gemini_and_openai_translate_both_ways() {
         last["usageMetadata"]["totalTokenCount"].as_u64().unwrap() > 0,
         "{last}"
     );
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert!(log.is_stream && !log.estimated && log.cost > 0);
     t.finish().await;
 
@@ -467,7 +453,7 @@ async fn gemini_and_openai_translate_both_ways() {
         events.iter().all(|(_, d)| !d.contains("\"choices\":[]")),
         "no usage chunk unless asked"
     );
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert!(log.is_stream && !log.estimated && log.cost > 0, "{log:?}");
     t.assert_ledger_ok().await;
     t.finish().await;
@@ -500,7 +486,7 @@ async fn responses_api_is_served_through_chat_channels() {
         assert!(text.len() > 3);
         let input = v["usage"]["input_tokens"].as_u64().unwrap();
         let output = v["usage"]["output_tokens"].as_u64().unwrap();
-        let log = last_cost(&t, uid).await;
+        let log = t.last_log(uid).await;
         assert_eq!(log.endpoint, "responses");
         assert_eq!(
             (log.prompt_tokens as u64, log.completion_tokens as u64),
@@ -535,7 +521,7 @@ async fn responses_api_is_served_through_chat_channels() {
         );
         let done: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
         assert!(done["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0);
-        let log = last_cost(&t, uid).await;
+        let log = t.last_log(uid).await;
         assert!(log.is_stream && !log.estimated && log.cost > 0, "{log:?}");
         // a built-in tool the chat channel cannot run is refused by name
         let r = t
@@ -604,7 +590,7 @@ async fn responses_api_is_relayed_natively_to_channels_that_speak_it() {
     );
     let input = mock_upstream::responses_input_tokens(&body);
     let output = (mock_upstream::RESPONSES_TEXT.len() as u64).div_ceil(4);
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(
         (log.prompt_tokens as u64, log.completion_tokens as u64),
         (input, output)
@@ -625,7 +611,7 @@ async fn responses_api_is_relayed_natively_to_channels_that_speak_it() {
     let events = sse(&r.text().await.unwrap());
     assert_eq!(events.first().unwrap().0, "response.created");
     assert_eq!(events.last().unwrap().0, "response.completed");
-    let log = last_cost(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert!(log.is_stream && !log.estimated);
     assert_eq!(
         (log.prompt_tokens as u64, log.completion_tokens as u64),

@@ -5,20 +5,6 @@
 use serde_json::{Value, json};
 use test_support::{Backend, TestApp};
 
-async fn last_log(t: &TestApp, uid: i64) -> storage::LogRecord {
-    t.app.relay.flush().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    logs.into_iter().next().unwrap()
-}
-
 async fn post(t: &TestApp, path: &str, key: &str, body: &Value) -> reqwest::Response {
     t.http
         .post(t.url(path))
@@ -50,7 +36,7 @@ async fn images_are_billed_per_image() {
     assert_eq!(sent.json().unwrap()["n"], 3);
     // 3 images × $0.04 = 120 000 units, exactly
     assert_eq!(before - t.balance(uid).await, 120_000);
-    let log = last_log(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(log.endpoint, "images.generations");
     assert_eq!(log.cost, 120_000);
     assert_eq!(log.status, 200);
@@ -80,7 +66,7 @@ async fn speech_relays_audio_bytes_and_bills_characters() {
     assert_eq!(bytes.as_ref(), &mock_upstream::SPEECH_BYTES[..]);
     // 11 characters × $15 / 1M characters = 165 units
     assert_eq!(before - t.balance(uid).await, 165);
-    let log = last_log(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(log.endpoint, "audio.speech");
     assert_eq!((log.prompt_tokens, log.cost), (11, 165));
     t.assert_ledger_ok().await;
@@ -148,7 +134,7 @@ async fn transcription_multipart_is_forwarded_and_billed() {
     assert_eq!(v["text"], "hello world");
     // per call: $0.006
     assert_eq!(before - t.balance(uid).await, 6_000);
-    let log = last_log(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(log.endpoint, "audio.transcriptions");
     assert_eq!(log.model, "whisper-1");
     assert_eq!(log.cost, 6_000);
@@ -163,7 +149,7 @@ async fn transcription_multipart_is_forwarded_and_billed() {
     let before = t.balance(uid).await;
     let (status, _, _) = transcribe(&t, &key, "stt-tokens").await;
     assert_eq!(status, 200);
-    let log = last_log(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(log.model, "stt-tokens");
     assert!(log.estimated);
     assert_eq!(log.completion_tokens, 2);
@@ -198,7 +184,7 @@ async fn moderations_and_rerank_are_relayed_and_billed() {
     assert_eq!(t.mock.last_request().unwrap().path, "/v1/moderations");
     // seeded at 0: free
     assert_eq!(t.balance(uid).await, before);
-    let log = last_log(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!((log.endpoint.as_str(), log.cost), ("moderations", 0));
 
     // a per-call price set through the API applies
@@ -233,7 +219,7 @@ async fn moderations_and_rerank_are_relayed_and_billed() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["results"][0]["index"], 0);
     assert_eq!(t.mock.last_request().unwrap().path, "/v1/rerank");
-    let log = last_log(&t, uid).await;
+    let log = t.last_log(uid).await;
     assert_eq!(log.endpoint, "rerank");
     assert_eq!((log.prompt_tokens, log.cost), (6, 12));
     assert_eq!(before - t.balance(uid).await, 12);

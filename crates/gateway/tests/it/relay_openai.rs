@@ -121,16 +121,7 @@ async fn completions_embeddings_and_models() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);
     let p = v["usage"]["prompt_tokens"].as_u64().unwrap();
-    t.app.relay.flush().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let logs = t.logs_of(uid).await;
     assert_eq!(logs.len(), 2);
     assert_eq!(logs[0].endpoint, "embeddings");
     assert_eq!(logs[0].cost, price_units(p, 0, 0, "0.02", "0", ""));
@@ -289,15 +280,7 @@ async fn failover_to_the_next_channel_before_any_byte() {
     assert_eq!(v["error"]["code"], "bad_gateway");
     // failed requests cost nothing
     t.assert_ledger_ok().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let logs = t.logs_of(uid).await;
     assert_eq!(logs[0].cost, 0);
     assert_eq!(logs[0].status, 502);
     t.finish().await;
@@ -480,16 +463,7 @@ async fn a_slow_channel_times_out_and_the_next_one_serves() {
     }
     assert_eq!(slow.requests(), 2);
     // both requests billed once each, at the fast channel
-    t.app.relay.flush().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let logs = t.logs_of(uid).await;
     assert_eq!(logs.len(), 2);
     assert!(
         logs.iter()

@@ -53,16 +53,7 @@ async fn stream_with_and_without_include_usage() {
                 .collect();
             assert!(content.len() >= 20);
         }
-        t.app.relay.flush().await;
-        let logs = t
-            .app
-            .store
-            .logs(&storage::LogFilter {
-                user_id: Some(uid),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let logs = t.logs_of(uid).await;
         assert_eq!(logs.len(), 2);
         assert!(
             logs.iter()
@@ -136,16 +127,7 @@ async fn multi_megabyte_stream_uses_bounded_buffers() {
         peak < 64 * 1024,
         "stream buffer peaked at {peak} bytes for a {total}-byte stream"
     );
-    t.app.relay.flush().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let logs = t.logs_of(uid).await;
     assert_eq!(logs[0].completion_tokens, 20000 * 200 / 4);
     t.finish().await;
 }
@@ -201,16 +183,7 @@ async fn upstream_drop_mid_stream_bills_the_part_produced() {
         text.contains("\"error\""),
         "the client is told the stream broke"
     );
-    t.app.relay.flush().await;
-    let logs = t
-        .app
-        .store
-        .logs(&storage::LogFilter {
-            user_id: Some(uid),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let logs = t.logs_of(uid).await;
     let l = &logs[0];
     assert!(
         l.estimated && l.completion_tokens > 50 && l.cost > 0,
