@@ -2,6 +2,11 @@
 //! as SHA-256), password hashing (argon2id), roles, and the IP allow-list
 //! of a key.
 
+pub mod i18n;
+pub mod mail;
+pub mod oidc;
+pub mod totp;
+
 use std::net::IpAddr;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, SaltString};

@@ -1,0 +1,10 @@
+//! Local stand-ins for outside services, each speaking the real protocol as documented,
+//! used by the integration tests:
+//!
+//! - [`idp`]: an OpenID Connect identity provider shaped like Google's (discovery, JWKS,
+//!   authorization and token endpoints) that signs real RS256 id_tokens.
+//! - [`smtp`]: an SMTP sink that accepts mail over a real SMTP conversation and keeps it
+//!   for the test to read.
+
+pub mod idp;
+pub mod smtp;
