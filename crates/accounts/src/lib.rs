@@ -16,6 +16,13 @@ use sha2::{Digest, Sha256};
 pub const ROLE_ROOT: &str = "root";
 pub const ROLE_ADMIN: &str = "admin";
 pub const ROLE_USER: &str = "user";
+/// A user in managed mode: has their own upstream channels.
+pub const ROLE_USER_ROOT: &str = "user_root";
+
+/// An argon2id hash of nothing in particular, verified against when a login
+/// names no account, so the answer takes as long as for a real one.
+pub const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
 
 /// True for roles that may use the operator's management API.
 pub fn is_admin(role: &str) -> bool {

@@ -49,6 +49,7 @@ pub async fn create_user(
             password_hash: hash_password(&password)?,
             role: role.to_string(),
             group: group.to_string(),
+            ..Default::default()
         })
         .await?;
     Ok((user, generated))
@@ -158,10 +159,7 @@ pub async fn login(
         Ok(u) => u,
         Err(StorageError::NotFound(_)) => {
             // same work as a real check, so timing does not tell names apart
-            let _ = verify_password(
-                password,
-                "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
-            );
+            let _ = verify_password(password, crate::DUMMY_HASH);
             return Err(OpsError::BadCredentials);
         }
         Err(e) => return Err(e.into()),

@@ -423,7 +423,7 @@ async fn user_cmd(c: UserCmd, store: &Store) -> anyhow::Result<()> {
             let id = user_id(store, &user).await?;
             accounts::check_password(&password)?;
             store
-                .set_password_hash(id, &accounts::hash_password(&password)?)
+                .change_password(id, &accounts::hash_password(&password)?)
                 .await?;
             out(format!("password of user {id} changed"));
         }

@@ -16,6 +16,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub relay: relay::RelayConfig,
+    pub accounts: web::AccountsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,6 +142,10 @@ impl Config {
             Some(self.server.client_ip_header.as_str()),
         )
         .map_err(|e| anyhow::anyhow!("server: {e}"))?;
+        self.accounts
+            .clone()
+            .validate(&self.server.listen)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !matches!(self.log.format.as_str(), "json" | "text") {
             anyhow::bail!("log.format must be `json` or `text`");
         }

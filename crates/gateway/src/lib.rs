@@ -80,6 +80,12 @@ impl App {
             Some(cfg.server.client_ip_header.as_str()),
         )
         .map_err(|e| anyhow::anyhow!(e))?;
+        let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.server.listen))?;
+        let addr = listener.local_addr()?;
+        let accounts_runtime = web::AccountsRuntime::new(cfg.accounts.clone(), &addr.to_string())
+            .map_err(|e| anyhow::anyhow!(e))?;
         let state = web::AppState {
             relay: relay.clone(),
             store: store.clone(),
@@ -87,11 +93,8 @@ impl App {
                 proxies,
                 login_ttl_ms: cfg.server.login_ttl_hours.max(1) * 3_600_000,
             }),
+            accounts: Arc::new(accounts_runtime),
         };
-        let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
-            .await
-            .with_context(|| format!("listening on {}", cfg.server.listen))?;
-        let addr = listener.local_addr()?;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });

@@ -139,6 +139,9 @@ struct IdpState {
     access_tokens: HashMap<String, TestUser>,
     published: Vec<TestKey>,
     signing: TestKey,
+    /// When set, `/token` labels its id_tokens with this key's kid while
+    /// signing with `signing`: a forged signature.
+    label: Option<TestKey>,
     claim_overrides: serde_json::Map<String, Value>,
     authorize_requests: u64,
     token_requests: u64,
@@ -303,6 +306,7 @@ impl MockIdp {
                 access_tokens: HashMap::new(),
                 published: vec![TestKey::Key1],
                 signing: TestKey::Key1,
+                label: None,
                 claim_overrides: serde_json::Map::new(),
                 authorize_requests: 0,
                 token_requests: 0,
@@ -401,6 +405,22 @@ impl MockIdp {
     /// The key `/token` signs id_tokens with (and [`MockIdp::mint_id_token`]).
     pub fn set_signing_key(&self, key: TestKey) {
         self.shared.lock().signing = key;
+    }
+
+    /// Makes `/token` sign with `signer` but label the token with `label`'s
+    /// kid, so its signature does not verify (`None` restores honest tokens).
+    pub fn forge_tokens(&self, forged: Option<(TestKey, TestKey)>) {
+        let mut st = self.shared.lock();
+        match forged {
+            Some((signer, label)) => {
+                st.signing = signer;
+                st.label = Some(label);
+            }
+            None => {
+                st.signing = TestKey::Key1;
+                st.label = None;
+            }
+        }
     }
 
     /// Key rotation as Google does it: publish [`TestKey::Key1`] and [`TestKey::Key2`]
@@ -770,7 +790,8 @@ async fn token(
             }
         }
         let key = st.signing;
-        let header = json!({"alg": "RS256", "kid": key.kid(), "typ": "JWT"});
+        let kid = st.label.unwrap_or(key).kid();
+        let header = json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
         body["id_token"] = json!(shared.sign(&header, &claims, key));
     }
     (

@@ -31,6 +31,37 @@ pub struct UserEntry {
     pub group: String,
     pub ratio: Decimal,
     pub wallet: Arc<Wallet>,
+    /// Set for a user in managed mode (role `user_root`).
+    pub managed: Option<Managed>,
+}
+
+/// How a managed user's requests are routed and billed.
+#[derive(Clone, Copy, Debug)]
+pub struct Managed {
+    /// Only the user's own channels serve them (else: own first, then shared).
+    pub own_only: bool,
+    /// Multiplier on the price of requests their own channels serve.
+    pub fee: Decimal,
+}
+
+/// The channels that may serve one user's request for one model: the
+/// user's own (managed mode) first, then the shared ones.
+pub struct Route<'a> {
+    pub own: Option<&'a [Tier]>,
+    pub shared: Option<&'a [Tier]>,
+}
+
+impl Route<'_> {
+    pub fn exists(&self) -> bool {
+        self.own.is_some() || self.shared.is_some()
+    }
+    /// Every tier, own first.
+    pub fn tiers(&self) -> impl Iterator<Item = &Tier> {
+        self.own
+            .into_iter()
+            .flatten()
+            .chain(self.shared.into_iter().flatten())
+    }
 }
 
 pub struct ChannelEntry {
@@ -157,6 +188,8 @@ pub struct Snapshot {
     pub unavailable: std::collections::HashSet<(String, String)>,
     /// Configured fallback chains: model → models tried after it.
     pub fallbacks: HashMap<String, Vec<String>>,
+    /// Managed users' own channels: owner → model → tiers.
+    pub own_routes: HashMap<i64, HashMap<String, Vec<Tier>>>,
 }
 
 impl Snapshot {
@@ -165,6 +198,38 @@ impl Snapshot {
             .get(group)
             .and_then(|m| m.get(model))
             .map(Vec::as_slice)
+    }
+
+    /// Where a user's request for `model` may go.
+    pub fn route(&self, user: &UserEntry, model: &str) -> Route<'_> {
+        let own = user.managed.and_then(|_| {
+            self.own_routes
+                .get(&user.id)
+                .and_then(|m| m.get(model))
+                .map(Vec::as_slice)
+        });
+        let shared = if user.managed.is_some_and(|m| m.own_only) {
+            None
+        } else {
+            self.tiers(&user.group, model)
+        };
+        Route { own, shared }
+    }
+
+    /// Models a user can reach (their group's, and their own channels'), sorted.
+    pub fn models_for_user(&self, user: &UserEntry) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        if user.managed.is_none_or(|m| !m.own_only) {
+            v = self.models_for_group(&user.group);
+        }
+        if user.managed.is_some()
+            && let Some(own) = self.own_routes.get(&user.id)
+        {
+            v.extend(own.keys().map(String::as_str));
+            v.sort_unstable();
+            v.dedup();
+        }
+        v
     }
 
     /// Models a group can reach, sorted.
@@ -278,6 +343,40 @@ pub fn entry_for_test(c: &ChannelRow, cfg: &crate::RelayConfig) -> ChannelEntry 
     channel_entry(c, cfg, Arc::default())
 }
 
+/// The failure run of a channel, kept across snapshots; a channel that is
+/// not enabled starts a fresh run when it comes back.
+fn failures_of(wallets: &Wallets, c: &ChannelRow) -> Arc<std::sync::atomic::AtomicU32> {
+    let failures = wallets
+        .channel_failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(c.id)
+        .or_default()
+        .clone();
+    if c.status != 1 {
+        failures.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+    failures
+}
+
+/// Files a channel under each of its models, in the tier of its priority.
+fn add_to_tiers(
+    by_model: &mut HashMap<String, Vec<Tier>>,
+    entry: &Arc<ChannelEntry>,
+    models: &[String],
+) {
+    for m in models {
+        let ts = by_model.entry(m.clone()).or_default();
+        match ts.iter_mut().find(|t| t.priority == entry.priority) {
+            Some(t) => t.channels.push(entry.clone()),
+            None => ts.push(Tier {
+                priority: entry.priority,
+                channels: vec![entry.clone()],
+            }),
+        }
+    }
+}
+
 /// Builds a snapshot from the database. Must run on the storage writer
 /// (it refreshes wallets from committed values).
 pub async fn load(
@@ -295,6 +394,10 @@ pub async fn load(
     for u in store.users().await? {
         let wallet = wallet_for(&wallets.users, u.id, u.balance);
         let ratio = groups.get(&u.group).copied().unwrap_or(Decimal::ONE);
+        let managed = (u.role == accounts::ROLE_USER_ROOT).then(|| Managed {
+            own_only: u.managed_route == "own_only",
+            fee: billing::parse_decimal(&u.platform_fee).unwrap_or(Decimal::ZERO),
+        });
         snap.users.insert(
             u.id,
             Arc::new(UserEntry {
@@ -304,6 +407,7 @@ pub async fn load(
                 group: u.group,
                 ratio,
                 wallet,
+                managed,
             }),
         );
     }
@@ -346,18 +450,7 @@ pub async fn load(
         if c.status == 0 {
             continue;
         }
-        let failures = wallets
-            .channel_failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(c.id)
-            .or_default()
-            .clone();
-        if c.status != 1 {
-            // a disabled channel starts a fresh run when it comes back
-            failures.store(0, std::sync::atomic::Ordering::Relaxed);
-        }
-        let entry = Arc::new(channel_entry(&c, cfg, failures));
+        let entry = Arc::new(channel_entry(&c, cfg, failures_of(wallets, &c)));
         snap.channels.insert(c.id, entry.clone());
         if c.status != 1 || entry.keys.is_empty() {
             for g in &c.groups {
@@ -368,24 +461,32 @@ pub async fn load(
             continue;
         }
         for g in &c.groups {
-            let by_model = tiers.entry(g.clone()).or_default();
-            for m in &c.models {
-                let ts = by_model.entry(m.clone()).or_default();
-                match ts.iter_mut().find(|t| t.priority == c.priority) {
-                    Some(t) => t.channels.push(entry.clone()),
-                    None => ts.push(Tier {
-                        priority: c.priority,
-                        channels: vec![entry.clone()],
-                    }),
-                }
-            }
+            add_to_tiers(tiers.entry(g.clone()).or_default(), &entry, &c.models);
         }
     }
-    for by_model in tiers.values_mut() {
+    // managed users' own channels: routed by owner, not by group
+    let mut own: HashMap<i64, HashMap<String, Vec<Tier>>> = HashMap::new();
+    for c in store.user_channels(None).await? {
+        let owner_managed = snap
+            .users
+            .get(&c.owner_id)
+            .is_some_and(|u| u.managed.is_some());
+        if !owner_managed || !(c.status == 1 || c.status == 2) {
+            continue;
+        }
+        let entry = Arc::new(channel_entry(&c, cfg, failures_of(wallets, &c)));
+        snap.channels.insert(c.id, entry.clone());
+        if c.status != 1 || entry.keys.is_empty() {
+            continue;
+        }
+        add_to_tiers(own.entry(c.owner_id).or_default(), &entry, &c.models);
+    }
+    for by_model in tiers.values_mut().chain(own.values_mut()) {
         for ts in by_model.values_mut() {
             ts.sort_by_key(|t| std::cmp::Reverse(t.priority));
         }
     }
+    snap.own_routes = own;
     snap.unavailable
         .retain(|(g, m)| tiers.get(g).is_none_or(|ms| !ms.contains_key(m)));
     snap.routes = tiers;

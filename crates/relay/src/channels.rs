@@ -48,6 +48,119 @@ fn check_models(models: &[String]) -> Result<(), ChannelError> {
 }
 
 pub async fn add(store: &Store, c: NewChannel) -> Result<ChannelRow, ChannelError> {
+    check_new(&c)?;
+    Ok(store.create_channel(&c).await?)
+}
+
+/// Adds a managed user's own channel. Unless `allow_private`, its base URL
+/// (and proxy) must lead to a public address.
+pub async fn add_owned(
+    store: &Store,
+    owner: i64,
+    c: NewChannel,
+    allow_private: bool,
+) -> Result<ChannelRow, ChannelError> {
+    check_new(&c)?;
+    if !allow_private {
+        check_public(&c.base_url).await?;
+        if !c.proxy_url.is_empty() {
+            check_public(&c.proxy_url).await?;
+        }
+    }
+    Ok(store.create_user_channel(owner, &c).await?)
+}
+
+/// Updates a managed user's own channel (relay id: negative).
+pub async fn update_owned(
+    store: &Store,
+    id: i64,
+    p: ChannelPatch,
+    allow_private: bool,
+) -> Result<ChannelRow, ChannelError> {
+    if !allow_private {
+        for u in [&p.base_url, &p.proxy_url].into_iter().flatten() {
+            if !u.is_empty() {
+                check_public(u).await?;
+            }
+        }
+    }
+    update(store, id, p).await
+}
+
+/// Refuses a URL whose host is, or resolves to, a loopback, private,
+/// link-local or otherwise non-public address (so a user's channel cannot
+/// reach the operator's internal network).
+pub async fn check_public(url: &str) -> Result<(), ChannelError> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').unwrap_or((v6, ""));
+            (
+                h.to_string(),
+                after.strip_prefix(':').unwrap_or("443").to_string(),
+            )
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.to_string()),
+            None => (authority.to_string(), "443".to_string()),
+        },
+    };
+    let refuse = |why: &str| {
+        Err(ChannelError::Invalid(format!(
+            "`{url}` points at {why}; channels of managed users must use public addresses"
+        )))
+    };
+    if host.is_empty() {
+        return refuse("no host");
+    }
+    let addrs: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => match tokio::net::lookup_host(format!("{host}:{port}")).await {
+            Ok(it) => it.map(|a| a.ip()).collect(),
+            Err(_) => {
+                return Err(ChannelError::Invalid(format!(
+                    "the host of `{url}` does not resolve"
+                )));
+            }
+        },
+    };
+    if addrs.iter().any(|ip| !is_public(*ip)) {
+        return refuse("a private, loopback or link-local address");
+    }
+    Ok(())
+}
+
+fn is_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || o[0] >= 224)
+        }
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(std::net::IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || v6.is_multicast())
+        }
+    }
+}
+
+fn check_new(c: &NewChannel) -> Result<(), ChannelError> {
     if c.name.trim().is_empty() {
         return Err(ChannelError::Invalid("a channel needs a name".into()));
     }
@@ -69,7 +182,7 @@ pub async fn add(store: &Store, c: NewChannel) -> Result<ChannelRow, ChannelErro
     if c.weight < 0 {
         return Err(ChannelError::Invalid("weight must be 0 or more".into()));
     }
-    Ok(store.create_channel(&c).await?)
+    Ok(())
 }
 
 pub async fn update(store: &Store, id: i64, p: ChannelPatch) -> Result<ChannelRow, ChannelError> {

@@ -222,6 +222,16 @@ fn openai_compatible(ch: &ChannelEntry) -> bool {
 
 /// The tiers without the channels that cannot serve a pass-through
 /// endpoint.
+/// The price multiplier of a request served by `channel_id`: the user's
+/// group ratio, times the platform fee when a managed user's own channel
+/// (negative id) served it.
+fn ratio_for(user: &UserEntry, channel_id: i64) -> billing::Decimal {
+    match user.managed {
+        Some(m) if channel_id < 0 => user.ratio * m.fee,
+        _ => user.ratio,
+    }
+}
+
 fn compatible_tiers(tiers: &[cache::Tier]) -> Vec<cache::Tier> {
     tiers
         .iter()
@@ -437,7 +447,7 @@ impl Relay {
     /// Models this key may call, sorted.
     pub fn models_for(&self, key: &KeyEntry, user: &UserEntry) -> Vec<String> {
         let snap = self.snapshot.load();
-        snap.models_for_group(&user.group)
+        snap.models_for_user(user)
             .into_iter()
             .filter(|m| key.allowed_models.as_ref().is_none_or(|a| a.contains(*m)))
             .map(str::to_string)
@@ -537,10 +547,9 @@ impl Relay {
         }
         if inb.endpoint.is_passthrough() {
             plan.retain(|(m, _)| {
-                snap.tiers(&user.group, m).is_some_and(|ts| {
-                    ts.iter()
-                        .any(|t| t.channels.iter().any(|c| openai_compatible(c)))
-                })
+                snap.route(&user, m)
+                    .tiers()
+                    .any(|t| t.channels.iter().any(|c| openai_compatible(c)))
             });
             if plan.is_empty() {
                 return Err(RelayError::new(
@@ -595,7 +604,8 @@ impl Relay {
             .map(|(_, price)| {
                 cost_units_calls(
                     price,
-                    user.ratio,
+                    // the dearer of shared and own-channel pricing
+                    user.ratio.max(ratio_for(&user, -1)),
                     Usage {
                         prompt: prompt_bound,
                         completion: completion_bound,
@@ -632,14 +642,18 @@ impl Relay {
         let mut last: Option<RelayError> = None;
         let mut last_channel = 0;
         'models: for (m, price) in plan {
-            let Some(tiers) = snap.tiers(&meter.user.group, &m) else {
-                continue;
+            let route = snap.route(&meter.user, &m);
+            let limit = self.cfg.retries as usize + 1;
+            let order = |tiers: Option<&[cache::Tier]>| match tiers {
+                None => Vec::new(),
+                Some(t) if meter.endpoint.is_passthrough() => {
+                    cache::candidate_order(&compatible_tiers(t), limit)
+                }
+                Some(t) => cache::candidate_order(t, limit),
             };
-            let candidates = if meter.endpoint.is_passthrough() {
-                cache::candidate_order(&compatible_tiers(tiers), self.cfg.retries as usize + 1)
-            } else {
-                cache::candidate_order(tiers, self.cfg.retries as usize + 1)
-            };
+            // a managed user's own channels first, then the shared ones
+            let mut candidates = order(route.own);
+            candidates.extend(order(route.shared));
             meter.model = m;
             meter.price = price;
             let mut attempts_left = self.cfg.retries as usize + 1;
@@ -924,10 +938,13 @@ impl Relay {
             )
             .with_param("model"));
         }
-        if snap.tiers(&user.group, model).is_none() {
-            if snap
-                .unavailable
-                .contains(&(user.group.clone(), model.to_string()))
+        let route = snap.route(user, model);
+        if !route.exists() {
+            if route.shared.is_none()
+                && user.managed.is_none_or(|m| !m.own_only)
+                && snap
+                    .unavailable
+                    .contains(&(user.group.clone(), model.to_string()))
             {
                 return Err(RelayError::new(
                     ErrorKind::NoChannel,
@@ -942,6 +959,13 @@ impl Relay {
                 format!("The model `{model}` does not exist or you do not have access to it."),
             )
             .with_param("model"));
+        }
+        if route.own.is_some() && !snap.prices.contains_key(model) {
+            // served by the user's own channels: the platform fee applies to
+            // the operator's price, and a model the operator does not price
+            // costs nothing
+            return Price::parse("0", "0", "")
+                .map_err(|e| RelayError::new(ErrorKind::Internal, format!("zero price: {e}")));
         }
         snap.prices.get(model).cloned().ok_or_else(|| {
             RelayError::new(
@@ -1377,7 +1401,12 @@ impl Relay {
                 )
             }
         };
-        let cost = cost_units_calls(&meter.price, meter.user.ratio, usage, meter.calls);
+        let cost = cost_units_calls(
+            &meter.price,
+            ratio_for(&meter.user, channel_id),
+            usage,
+            meter.calls,
+        );
         let log = LogRecord {
             id: 0,
             request_id: meter.request_id,

@@ -9,6 +9,7 @@
 //! - money and times are BIGINT (units of 1/1,000,000 USD; epoch ms), which
 //!   decode the same way on both backends.
 
+mod accounts;
 mod migrate;
 mod records;
 mod store;

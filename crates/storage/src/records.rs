@@ -17,14 +17,88 @@ pub struct UserRow {
     pub used: i64,
     pub request_count: i64,
     pub created_at: i64,
+    /// Lowercased; `None` for accounts without an e-mail address.
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub display_name: String,
+    /// Google's stable subject identifier of the linked Google account.
+    pub google_id: Option<String>,
+    #[serde(skip)]
+    pub totp_secret: String,
+    pub totp_enabled: bool,
+    #[serde(skip)]
+    pub totp_last_step: i64,
+    /// ISO country code (or language region) recorded at sign-up.
+    pub register_region: String,
+    /// UI and e-mail language tag.
+    pub language: String,
+    /// Managed mode: `own_only` or `own_then_shared`.
+    pub managed_route: String,
+    /// Managed mode: multiplier (decimal text) on requests served by own channels.
+    pub platform_fee: String,
+    /// Epoch ms; sessions and access tokens created before it are void
+    /// (password change or reset, sign-out everywhere).
+    #[serde(skip)]
+    pub auth_epoch: i64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewUser {
     pub username: String,
     pub password_hash: String,
     pub role: String,
     pub group: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub display_name: String,
+    pub google_id: Option<String>,
+    pub register_region: String,
+    pub language: String,
+}
+
+/// A dashboard session. Only the SHA-256 of the cookie value is stored.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: i64,
+    pub user_id: i64,
+    #[serde(skip)]
+    pub token_hash: String,
+    /// The password was accepted; the second factor is still owed.
+    pub mfa_pending: bool,
+    pub ip: String,
+    pub user_agent: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub expires_at: i64,
+}
+
+/// A single-use e-mail link (`verify` or `reset`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmailTokenRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub purpose: String,
+    pub email: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: i64,
+}
+
+/// An OAuth sign-in in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuthStateRow {
+    pub state_hash: String,
+    pub provider: String,
+    /// `login` or `link`.
+    pub purpose: String,
+    /// The signed-in user for `link`; 0 for `login`.
+    pub user_id: i64,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub region: String,
+    pub language: String,
+    pub created_at: i64,
+    pub expires_at: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,6 +176,9 @@ pub struct ChannelRow {
     pub api_version: String,
     /// The channel serves `/v1/responses` itself.
     pub native_responses: bool,
+    /// 0 for the operator's channels; the managed user's id for their own.
+    #[serde(default)]
+    pub owner_id: i64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -22,8 +22,8 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
-    read: AnyPool,
-    write: AnyPool,
+    pub(crate) read: AnyPool,
+    pub(crate) write: AnyPool,
 }
 
 fn list_to_text(v: &[String]) -> String {
@@ -59,19 +59,21 @@ fn text_to_map(s: &str) -> BTreeMap<String, String> {
 }
 
 /// Tells a unique-constraint violation apart from other failures.
-fn conflict(what: &str) -> impl FnOnce(sqlx::Error) -> StorageError + '_ {
+pub(crate) fn conflict(what: &str) -> impl FnOnce(sqlx::Error) -> StorageError + '_ {
     move |e| match &e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StorageError::Conflict(what.into()),
         _ => StorageError::Db(e),
     }
 }
 
-const USER_COLS: &str = "id, username, password_hash, role, status, user_group, balance, used, request_count, created_at";
+pub(crate) const USER_COLS: &str = "id, username, password_hash, role, status, user_group, balance, used, request_count, created_at, \
+     email, email_verified, display_name, google_id, totp_secret, totp_enabled, totp_last_step, register_region, language, \
+     managed_route, platform_fee, auth_epoch";
 const KEY_COLS: &str = "id, user_id, name, key_hash, key_hint, status, expires_at, quota_limit, used, allowed_models, allowed_ips, created_at";
-const CHANNEL_COLS: &str = "id, name, kind, base_url, api_keys, models, model_mapping, groups, priority, weight, status, created_at, disabled_reason, disabled_at, disabled_keys, proxy_url, timeout_secs, headers, api_version, native_responses";
+pub(crate) const CHANNEL_COLS: &str = "id, name, kind, base_url, api_keys, models, model_mapping, groups, priority, weight, status, created_at, disabled_reason, disabled_at, disabled_keys, proxy_url, timeout_secs, headers, api_version, native_responses";
 const LOG_COLS: &str = "id, request_id, user_id, key_id, channel_id, endpoint, model, upstream_model, prompt_tokens, completion_tokens, cached_tokens, cost, latency_ms, ttft_ms, is_stream, status, estimated, client_ip, error, created_at";
 
-fn user_row(r: &AnyRow) -> Result<UserRow> {
+pub(crate) fn user_row(r: &AnyRow) -> Result<UserRow> {
     Ok(UserRow {
         id: r.try_get("id")?,
         username: r.try_get("username")?,
@@ -83,6 +85,18 @@ fn user_row(r: &AnyRow) -> Result<UserRow> {
         used: r.try_get("used")?,
         request_count: r.try_get("request_count")?,
         created_at: r.try_get("created_at")?,
+        email: r.try_get("email")?,
+        email_verified: r.try_get::<i64, _>("email_verified")? != 0,
+        display_name: r.try_get("display_name")?,
+        google_id: r.try_get("google_id")?,
+        totp_secret: r.try_get("totp_secret")?,
+        totp_enabled: r.try_get::<i64, _>("totp_enabled")? != 0,
+        totp_last_step: r.try_get("totp_last_step")?,
+        register_region: r.try_get("register_region")?,
+        language: r.try_get("language")?,
+        managed_route: r.try_get("managed_route")?,
+        platform_fee: r.try_get("platform_fee")?,
+        auth_epoch: r.try_get("auth_epoch")?,
     })
 }
 
@@ -103,9 +117,13 @@ fn key_row(r: &AnyRow) -> Result<ApiKeyRow> {
     })
 }
 
-fn channel_row(r: &AnyRow) -> Result<ChannelRow> {
+/// A channel row; own channels of managed users (rows read with their
+/// `owner_id`) get the negated id the relay knows them by.
+pub(crate) fn channel_row(r: &AnyRow) -> Result<ChannelRow> {
+    let owner_id = r.try_get::<i64, _>("owner_id").unwrap_or(0);
+    let id: i64 = r.try_get("id")?;
     Ok(ChannelRow {
-        id: r.try_get("id")?,
+        id: if owner_id > 0 { -id } else { id },
         name: r.try_get("name")?,
         kind: r.try_get("kind")?,
         base_url: r.try_get("base_url")?,
@@ -125,7 +143,19 @@ fn channel_row(r: &AnyRow) -> Result<ChannelRow> {
         headers: text_to_map(&r.try_get::<String, _>("headers")?),
         api_version: r.try_get("api_version")?,
         native_responses: r.try_get::<i64, _>("native_responses")? != 0,
+        owner_id,
     })
+}
+
+/// The table of a channel id as the relay sees it: operator channels have
+/// positive ids, a managed user's own channels the negated id of their
+/// `user_channels` row.
+fn channel_table(id: i64) -> (&'static str, i64) {
+    if id < 0 {
+        ("user_channels", -id)
+    } else {
+        ("channels", id)
+    }
 }
 
 fn log_row(r: &AnyRow) -> Result<LogRecord> {
@@ -275,14 +305,25 @@ impl Store {
 
     pub async fn create_user(&self, u: &NewUser) -> Result<UserRow> {
         let row = sqlx::query(
-            "INSERT INTO users (username, password_hash, role, user_group, created_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO users (username, password_hash, role, user_group, created_at, email, \
+             email_verified, display_name, google_id, register_region, language) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(&u.username)
         .bind(&u.password_hash)
         .bind(&u.role)
         .bind(&u.group)
         .bind(now_ms())
+        .bind(&u.email)
+        .bind(i64::from(u.email_verified))
+        .bind(&u.display_name)
+        .bind(&u.google_id)
+        .bind(&u.register_region)
+        .bind(if u.language.is_empty() {
+            "en"
+        } else {
+            u.language.as_str()
+        })
         .fetch_one(&self.write)
         .await
         .map_err(conflict("user"))?;
@@ -528,7 +569,8 @@ impl Store {
     pub async fn user_by_access_token(&self, token_hash: &str) -> Result<Option<UserRow>> {
         let sql = format!(
             "SELECT {} FROM users u JOIN access_tokens t ON t.user_id = u.id \
-             WHERE t.token_hash = $1 AND (t.expires_at = 0 OR t.expires_at > $2)",
+             WHERE t.token_hash = $1 AND (t.expires_at = 0 OR t.expires_at > $2) \
+             AND t.created_at >= u.auth_epoch",
             USER_COLS
                 .split(", ")
                 .map(|c| format!("u.{c}"))
@@ -638,38 +680,55 @@ impl Store {
     // ---- channels ------------------------------------------------------
 
     pub async fn create_channel(&self, c: &NewChannel) -> Result<ChannelRow> {
-        let row = sqlx::query(
-            "INSERT INTO channels (name, kind, base_url, api_keys, models, model_mapping, groups, \
-             priority, weight, created_at, proxy_url, timeout_secs, headers, api_version, native_responses) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
-        )
-        .bind(&c.name)
-        .bind(&c.kind)
-        .bind(&c.base_url)
-        .bind(list_to_text(&c.api_keys))
-        .bind(list_to_text(&c.models))
-        .bind(map_to_text(&c.model_mapping))
-        .bind(list_to_text(&c.groups))
-        .bind(c.priority)
-        .bind(c.weight)
-        .bind(now_ms())
-        .bind(&c.proxy_url)
-        .bind(c.timeout_secs)
-        .bind(map_to_text(&c.headers))
-        .bind(&c.api_version)
-        .bind(i64::from(c.native_responses))
-        .fetch_one(&self.write)
-        .await?;
-        self.channel(row.try_get("id")?).await
+        self.insert_channel(c, 0).await
     }
 
+    /// Inserts into `channels` (owner 0) or a managed user's `user_channels`.
+    pub(crate) async fn insert_channel(&self, c: &NewChannel, owner: i64) -> Result<ChannelRow> {
+        let (table, owner_col, owner_val) = if owner > 0 {
+            ("user_channels", ", owner_id", ", $16")
+        } else {
+            ("channels", "", "")
+        };
+        let sql = format!(
+            "INSERT INTO {table} (name, kind, base_url, api_keys, models, model_mapping, groups, \
+             priority, weight, created_at, proxy_url, timeout_secs, headers, api_version, native_responses{owner_col}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15{owner_val}) RETURNING id"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&c.name)
+            .bind(&c.kind)
+            .bind(&c.base_url)
+            .bind(list_to_text(&c.api_keys))
+            .bind(list_to_text(&c.models))
+            .bind(map_to_text(&c.model_mapping))
+            .bind(list_to_text(&c.groups))
+            .bind(c.priority)
+            .bind(c.weight)
+            .bind(now_ms())
+            .bind(&c.proxy_url)
+            .bind(c.timeout_secs)
+            .bind(map_to_text(&c.headers))
+            .bind(&c.api_version)
+            .bind(i64::from(c.native_responses));
+        if owner > 0 {
+            q = q.bind(owner);
+        }
+        let row = q.fetch_one(&self.write).await?;
+        let id: i64 = row.try_get("id")?;
+        self.channel(if owner > 0 { -id } else { id }).await
+    }
+
+    /// A channel by relay id (negative: a managed user's own channel).
     pub async fn channel(&self, id: i64) -> Result<ChannelRow> {
-        let sql = format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1");
+        let (table, row_id) = channel_table(id);
+        let owner = if id < 0 { ", owner_id" } else { "" };
+        let sql = format!("SELECT {CHANNEL_COLS}{owner} FROM {table} WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
+            .bind(row_id)
             .fetch_optional(&self.write)
             .await?
-            .ok_or_else(|| StorageError::NotFound(format!("channel {id}")))?;
+            .ok_or_else(|| StorageError::NotFound(format!("channel {row_id}")))?;
         channel_row(&row)
     }
 
@@ -681,83 +740,93 @@ impl Store {
         rows.iter().map(channel_row).collect()
     }
 
+    /// Updates a channel by relay id (negative: a managed user's own channel).
     pub async fn update_channel(&self, id: i64, p: &ChannelPatch) -> Result<ChannelRow> {
         let cur = self.channel(id).await?;
-        sqlx::query(
-            "UPDATE channels SET name = $1, base_url = $2, api_keys = $3, models = $4, \
+        let (table, row_id) = channel_table(id);
+        let sql = format!(
+            "UPDATE {table} SET name = $1, base_url = $2, api_keys = $3, models = $4, \
              model_mapping = $5, groups = $6, priority = $7, weight = $8, status = $9, \
              proxy_url = $11, timeout_secs = $12, headers = $13, api_version = $14, \
              native_responses = $16, \
              disabled_reason = CASE WHEN $9 = 1 THEN '' ELSE disabled_reason END, \
              disabled_keys = CASE WHEN $15 = 1 THEN '' ELSE disabled_keys END \
-             WHERE id = $10",
-        )
-        .bind(p.name.clone().unwrap_or(cur.name))
-        .bind(p.base_url.clone().unwrap_or(cur.base_url))
-        .bind(list_to_text(p.api_keys.as_ref().unwrap_or(&cur.api_keys)))
-        .bind(list_to_text(p.models.as_ref().unwrap_or(&cur.models)))
-        .bind(map_to_text(
-            p.model_mapping.as_ref().unwrap_or(&cur.model_mapping),
-        ))
-        .bind(list_to_text(p.groups.as_ref().unwrap_or(&cur.groups)))
-        .bind(p.priority.unwrap_or(cur.priority))
-        .bind(p.weight.unwrap_or(cur.weight))
-        .bind(p.status.unwrap_or(cur.status))
-        .bind(id)
-        .bind(p.proxy_url.clone().unwrap_or(cur.proxy_url))
-        .bind(p.timeout_secs.unwrap_or(cur.timeout_secs))
-        .bind(map_to_text(p.headers.as_ref().unwrap_or(&cur.headers)))
-        .bind(p.api_version.clone().unwrap_or(cur.api_version))
-        // new keys: the old keys' disabled states no longer apply
-        .bind(i64::from(p.api_keys.is_some()))
-        .bind(i64::from(
-            p.native_responses.unwrap_or(cur.native_responses),
-        ))
-        .execute(&self.write)
-        .await?;
+             WHERE id = $10"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(p.name.clone().unwrap_or(cur.name))
+            .bind(p.base_url.clone().unwrap_or(cur.base_url))
+            .bind(list_to_text(p.api_keys.as_ref().unwrap_or(&cur.api_keys)))
+            .bind(list_to_text(p.models.as_ref().unwrap_or(&cur.models)))
+            .bind(map_to_text(
+                p.model_mapping.as_ref().unwrap_or(&cur.model_mapping),
+            ))
+            .bind(list_to_text(p.groups.as_ref().unwrap_or(&cur.groups)))
+            .bind(p.priority.unwrap_or(cur.priority))
+            .bind(p.weight.unwrap_or(cur.weight))
+            .bind(p.status.unwrap_or(cur.status))
+            .bind(row_id)
+            .bind(p.proxy_url.clone().unwrap_or(cur.proxy_url))
+            .bind(p.timeout_secs.unwrap_or(cur.timeout_secs))
+            .bind(map_to_text(p.headers.as_ref().unwrap_or(&cur.headers)))
+            .bind(p.api_version.clone().unwrap_or(cur.api_version))
+            // new keys: the old keys' disabled states no longer apply
+            .bind(i64::from(p.api_keys.is_some()))
+            .bind(i64::from(
+                p.native_responses.unwrap_or(cur.native_responses),
+            ))
+            .execute(&self.write)
+            .await?;
         self.channel(id).await
     }
 
     /// Disables a channel automatically (status 2) with a reason, unless an
     /// operator disabled it. Returns whether the state changed.
     pub async fn auto_disable_channel(&self, id: i64, reason: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE channels SET status = 2, disabled_reason = $1, disabled_at = $2 \
-             WHERE id = $3 AND status = 1",
-        )
-        .bind(reason)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.write)
-        .await?;
+        let (table, row_id) = channel_table(id);
+        let sql = format!(
+            "UPDATE {table} SET status = 2, disabled_reason = $1, disabled_at = $2 \
+             WHERE id = $3 AND status = 1"
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(reason)
+            .bind(now_ms())
+            .bind(row_id)
+            .execute(&self.write)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// Re-enables an automatically disabled channel after a good probe.
     pub async fn auto_enable_channel(&self, id: i64) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE channels SET status = 1, disabled_reason = '', disabled_at = 0, \
-             disabled_keys = '' WHERE id = $1 AND status = 2",
-        )
-        .bind(id)
-        .execute(&self.write)
-        .await?;
+        let (table, row_id) = channel_table(id);
+        let sql = format!(
+            "UPDATE {table} SET status = 1, disabled_reason = '', disabled_at = 0, \
+             disabled_keys = '' WHERE id = $1 AND status = 2"
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(row_id)
+            .execute(&self.write)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// Records that one upstream key of a channel stopped working.
     pub async fn disable_channel_key(&self, id: i64, key_tag: &str, reason: &str) -> Result<()> {
+        let (table, row_id) = channel_table(id);
         let mut tx = self.write.begin().await?;
-        let row = sqlx::query("SELECT disabled_keys FROM channels WHERE id = $1")
-            .bind(id)
+        let sql = format!("SELECT disabled_keys FROM {table} WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(row_id)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StorageError::NotFound(format!("channel {id}")))?;
+            .ok_or_else(|| StorageError::NotFound(format!("channel {row_id}")))?;
         let mut keys = text_to_map(&row.try_get::<String, _>("disabled_keys")?);
         keys.insert(key_tag.to_string(), reason.to_string());
-        sqlx::query("UPDATE channels SET disabled_keys = $1 WHERE id = $2")
+        let sql = format!("UPDATE {table} SET disabled_keys = $1 WHERE id = $2");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(map_to_text(&keys))
-            .bind(id)
+            .bind(row_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -765,8 +834,10 @@ impl Store {
     }
 
     pub async fn delete_channel(&self, id: i64) -> Result<()> {
-        let r = sqlx::query("DELETE FROM channels WHERE id = $1")
-            .bind(id)
+        let (table, row_id) = channel_table(id);
+        let sql = format!("DELETE FROM {table} WHERE id = $1");
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(row_id)
             .execute(&self.write)
             .await?;
         if r.rows_affected() == 0 {

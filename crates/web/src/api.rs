@@ -37,6 +37,12 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -121,30 +127,35 @@ pub struct Admin(pub UserRow);
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, ApiError> {
-        let token = parts
+        let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "Send an access token as `Authorization: Bearer …` (get one from POST /api/auth/login).",
-                )
-            })?;
-        let user = s
-            .store
-            .user_by_access_token(&accounts::secret_hash(token))
-            .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "The access token is unknown or expired; sign in again.",
-                )
-            })?;
+            .map(str::trim);
+        let user = if let Some(token) = bearer {
+            s.store
+                .user_by_access_token(&accounts::secret_hash(token))
+                .await?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        "The access token is unknown or expired; sign in again.",
+                    )
+                })?
+        } else if let Some(token) = crate::auth::cookie(&parts.headers, crate::auth::SESSION_COOKIE)
+        {
+            crate::auth::session_caller(s, &parts.method, &parts.headers, token)
+                .await?
+                .1
+        } else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Sign in first: send an access token as `Authorization: Bearer …` (from POST /api/auth/login), or use the session cookie.",
+            ));
+        };
         if user.status != 1 {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -153,6 +164,18 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         Ok(Caller(user))
+    }
+}
+
+/// The signed-in user, if the request carries valid credentials.
+pub struct MaybeCaller(pub Option<UserRow>);
+
+impl FromRequestParts<AppState> for MaybeCaller {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, s: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(MaybeCaller(
+            Caller::from_request_parts(parts, s).await.ok().map(|c| c.0),
+        ))
     }
 }
 
@@ -193,7 +216,7 @@ fn serde_path_to_error_free<T: serde::de::DeserializeOwned>(
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/auth/login", post(login))
+        .route("/auth/login", post(crate::auth::login))
         .route("/self", get(self_get))
         .route("/self/logs", get(self_logs))
         .route("/self/keys", get(self_keys).post(self_key_create))
@@ -239,18 +262,6 @@ async fn reload(s: &AppState) -> Result<(), ApiError> {
 }
 
 // ---- sign-in and self ---------------------------------------------------
-
-#[derive(Deserialize)]
-struct LoginBody {
-    username: String,
-    password: String,
-}
-
-async fn login(State(s): State<AppState>, Body(b): Body<LoginBody>) -> ApiResult {
-    let (user, token) =
-        accounts::ops::login(&s.store, &b.username, &b.password, s.cfg.login_ttl_ms).await?;
-    Ok(Json(json!({"token": token, "user": user})))
-}
 
 fn user_json(u: &UserRow) -> Value {
     json!({
@@ -383,18 +394,25 @@ async fn user_patch(
     Body(p): Body<UserPatch>,
 ) -> ApiResult {
     let target = s.store.user(id).await?;
-    if target.role == accounts::ROLE_ROOT && me.role != accounts::ROLE_ROOT {
+    if accounts::is_admin(&target.role) && me.role != accounts::ROLE_ROOT && me.id != target.id {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "only root can change root",
+            "only root can change administrators",
         ));
+    }
+    if target.id == me.id && p.status == Some(0) {
+        return Err(ApiError::bad("you cannot disable your own account"));
     }
     if let Some(st) = p.status {
         if !(st == 0 || st == 1) {
             return Err(ApiError::bad("status must be 1 (enabled) or 0 (disabled)"));
         }
         s.store.set_user_status(id, st).await?;
+        if st == 0 {
+            // a disabled account's sessions and access tokens end at once
+            s.store.sign_out_everywhere(id).await?;
+        }
     }
     if let Some(g) = &p.group {
         if g.trim().is_empty() {
@@ -405,7 +423,7 @@ async fn user_patch(
     if let Some(pw) = &p.password {
         accounts::check_password(pw).map_err(|e| ApiError::bad(e.to_string()))?;
         let h = accounts::hash_password(pw).map_err(|e| ApiError::bad(e.to_string()))?;
-        s.store.set_password_hash(id, &h).await?;
+        s.store.change_password(id, &h).await?;
     }
     reload(&s).await?;
     Ok(Json(json!({"data": user_json(&s.store.user(id).await?)})))

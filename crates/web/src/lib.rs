@@ -4,7 +4,10 @@
 //! the API that was called.
 
 mod api;
+pub mod auth;
 mod client_ip;
+mod google;
+mod managed;
 mod openai_routes;
 
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use axum::routing::{get, post};
 use relay::Relay;
 use storage::Store;
 
+pub use auth::{AccountsConfig, AccountsRuntime, GoogleConfig};
 pub use client_ip::TrustedProxies;
 
 /// Settings of the HTTP layer.
@@ -29,6 +33,7 @@ pub struct AppState {
     pub relay: Arc<Relay>,
     pub store: Store,
     pub cfg: Arc<WebConfig>,
+    pub accounts: Arc<AccountsRuntime>,
 }
 
 /// A new request id: 32 hex digits, the time in ms, then a per-process
@@ -94,7 +99,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(api::readyz))
-        .nest("/api", api::router())
+        .nest(
+            "/api",
+            api::router()
+                .merge(auth::router())
+                .merge(google::router())
+                .merge(managed::router()),
+        )
+        .merge(auth::pages())
         .fallback(openai_routes::not_found)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)

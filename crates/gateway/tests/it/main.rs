@@ -9,6 +9,7 @@
     clippy::print_stdout
 )]
 
+mod accounts_flows;
 mod billing_exact;
 mod channels;
 mod cli;

@@ -17,6 +17,7 @@ async fn storage_rules_hold_on_every_backend() {
                 password_hash: String::new(),
                 role: "user".into(),
                 group: "default".into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -25,7 +26,8 @@ async fn storage_rules_hold_on_every_backend() {
                 username: "u1".into(),
                 password_hash: String::new(),
                 role: "user".into(),
-                group: "default".into()
+                group: "default".into(),
+                ..Default::default()
             })
             .await,
             Err(StorageError::Conflict(_))
