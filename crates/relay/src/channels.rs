@@ -239,3 +239,36 @@ pub async fn set_fallbacks(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_public;
+
+    #[tokio::test]
+    async fn private_and_loopback_upstreams_are_refused() {
+        for url in [
+            "http://127.0.0.1:8080/v1",
+            "http://localhost/v1",
+            "https://10.1.2.3/v1",
+            "https://192.168.0.10/v1",
+            "https://172.16.5.5/v1",
+            "http://169.254.169.254/latest",
+            "http://[::1]:3000/v1",
+            "http://[fd00::1]/v1",
+            "http://[::ffff:127.0.0.1]/v1",
+            "http://100.64.0.1/v1",
+            "http://0.0.0.0/v1",
+            "http://user:pw@127.0.0.1/v1",
+        ] {
+            let e = check_public(url).await.expect_err(url);
+            assert!(e.to_string().contains("public"), "{url}: {e}");
+        }
+        for url in [
+            "https://8.8.8.8/v1",
+            "https://[2606:4700::1111]/v1",
+            "https://1.1.1.1:443/v1",
+        ] {
+            assert!(check_public(url).await.is_ok(), "{url}");
+        }
+    }
+}

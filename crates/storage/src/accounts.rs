@@ -188,6 +188,38 @@ impl Store {
         Ok(())
     }
 
+    /// A user's access tokens (without their secrets), newest first.
+    pub async fn access_tokens_of(&self, user_id: i64) -> Result<Vec<AccessTokenRow>> {
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, expires_at FROM access_tokens \
+             WHERE user_id = $1 AND (expires_at = 0 OR expires_at > $2) ORDER BY id DESC",
+        )
+        .bind(user_id)
+        .bind(now_ms())
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AccessTokenRow {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one of a user's access tokens; false if they have no such token.
+    pub async fn revoke_access_token(&self, user_id: i64, id: i64) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM access_tokens WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Signs a user out everywhere: every session and access token created
     /// until now stops working, on every node (the check reads the database).
     pub async fn sign_out_everywhere(&self, id: i64) -> Result<()> {

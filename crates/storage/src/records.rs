@@ -56,6 +56,16 @@ pub struct NewUser {
     pub language: String,
 }
 
+/// A management access token as lists show it (the secret is never kept).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AccessTokenRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+    /// Epoch ms; 0 = never.
+    pub expires_at: i64,
+}
+
 /// A dashboard session. Only the SHA-256 of the cookie value is stored.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct SessionRow {

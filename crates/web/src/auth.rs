@@ -465,6 +465,12 @@ pub fn router() -> Router<AppState> {
         .route("/self/profile", axum::routing::patch(profile_patch))
         .route("/self/email", axum::routing::put(email_put))
         .route("/self/sessions", get(sessions_list))
+        .route(
+            "/self/keys/{id}",
+            axum::routing::patch(own_key_patch).delete(own_key_delete),
+        )
+        .route("/self/tokens", get(tokens_list).post(token_create))
+        .route("/self/tokens/{id}", axum::routing::delete(token_delete))
         .route("/self/totp/setup", post(totp_setup))
         .route("/self/totp/enable", post(totp_enable))
         .route("/self/totp/disable", post(totp_disable))
@@ -1157,6 +1163,92 @@ async fn email_put(
 
 async fn sessions_list(State(s): State<AppState>, Caller(u): Caller) -> ApiResult {
     Ok(Json(json!({"data": s.store.sessions_of(u.id).await?})))
+}
+
+// ---- own keys and access tokens -------------------------------------------
+
+/// One of the caller's API keys; another user's key is reported missing.
+async fn own_key(s: &AppState, u: &UserRow, id: i64) -> Result<storage::ApiKeyRow, ApiError> {
+    match s.store.api_key(id).await {
+        Ok(k) if k.user_id == u.id && k.status >= 0 => Ok(k),
+        Ok(_) | Err(storage::StorageError::NotFound(_)) => {
+            Err(ApiError::not_found(format!("key {id}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rename, disable, expiry, quota, allowed models and IPs of one's own key.
+async fn own_key_patch(
+    State(s): State<AppState>,
+    Caller(u): Caller,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    Body(p): Body<storage::ApiKeyPatch>,
+) -> ApiResult {
+    own_key(&s, &u, id).await?;
+    let row = accounts::ops::update_key(&s.store, id, p).await?;
+    s.relay.reload().await.map_err(ApiError::from)?;
+    Ok(Json(json!({"data": row})))
+}
+
+async fn own_key_delete(
+    State(s): State<AppState>,
+    Caller(u): Caller,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> ApiResult {
+    own_key(&s, &u, id).await?;
+    s.store.delete_api_key(id).await?;
+    s.relay.reload().await.map_err(ApiError::from)?;
+    Ok(Json(json!({"deleted": id})))
+}
+
+async fn tokens_list(State(s): State<AppState>, Caller(u): Caller) -> ApiResult {
+    Ok(Json(json!({"data": s.store.access_tokens_of(u.id).await?})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenBody {
+    name: String,
+    /// Days until it expires; 0 or absent = never.
+    #[serde(default)]
+    expires_in_days: i64,
+}
+
+/// A management access token for scripts; shown once.
+async fn token_create(
+    State(s): State<AppState>,
+    Caller(u): Caller,
+    Body(b): Body<NewTokenBody>,
+) -> ApiResult {
+    if b.name.trim().is_empty() || b.name.chars().count() > 64 {
+        return Err(ApiError::bad("a token needs a name of 1 to 64 characters"));
+    }
+    if b.expires_in_days < 0 {
+        return Err(ApiError::bad("expires_in_days is 0 (never) or more"));
+    }
+    let token = accounts::ops::issue_access_token(
+        &s.store,
+        u.id,
+        b.name.trim(),
+        b.expires_in_days.saturating_mul(86_400_000),
+    )
+    .await?;
+    Ok(Json(json!({
+        "token": token,
+        "message": "Copy the token now: it is not shown again.",
+    })))
+}
+
+async fn token_delete(
+    State(s): State<AppState>,
+    Caller(u): Caller,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> ApiResult {
+    if !s.store.revoke_access_token(u.id, id).await? {
+        return Err(ApiError::not_found(format!("token {id}")));
+    }
+    Ok(Json(json!({"deleted": id})))
 }
 
 // ---- two-factor -----------------------------------------------------------

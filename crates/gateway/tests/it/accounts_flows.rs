@@ -718,3 +718,115 @@ async fn google_sign_in_verifies_the_id_token() {
         t.finish().await;
     }
 }
+
+#[tokio::test]
+async fn users_manage_their_own_keys_and_access_tokens() {
+    for backend in backends() {
+        let t = TestApp::spawn(backend).await;
+        t.add_mock_channel("m", &["gpt-4o-mini"], 0).await;
+        let (_, _) = t.user_with_key("ana", "1").await;
+        let (_, _) = t.user_with_key("bo", "1").await;
+        let mut ana = Browser::new(&t);
+        let (st, _) = ana
+            .call(
+                "POST",
+                "/api/auth/login",
+                Some(json!({"username": "ana", "password": "password123"})),
+            )
+            .await;
+        assert_eq!(st, 200);
+        let mut bo = Browser::new(&t);
+        bo.call(
+            "POST",
+            "/api/auth/login",
+            Some(json!({"username": "bo", "password": "password123"})),
+        )
+        .await;
+        let (_, v) = ana
+            .call("POST", "/api/self/keys", Some(json!({"name": "first"})))
+            .await;
+        let kid = v["data"]["id"].as_i64().unwrap();
+        let key = v["key"].as_str().unwrap().to_string();
+        let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(t.chat(&key, &body).await.status(), 200);
+
+        // another user cannot see or change it
+        let (st, _) = bo
+            .call(
+                "PATCH",
+                &format!("/api/self/keys/{kid}"),
+                Some(json!({"status": 0})),
+            )
+            .await;
+        assert_eq!(st, 404);
+        let (st, _) = bo
+            .call("DELETE", &format!("/api/self/keys/{kid}"), None)
+            .await;
+        assert_eq!(st, 404);
+        assert_eq!(t.chat(&key, &body).await.status(), 200);
+
+        // rename, restrict, disable
+        let (st, v) = ana
+            .call(
+                "PATCH",
+                &format!("/api/self/keys/{kid}"),
+                Some(json!({"name": "renamed", "allowed_models": ["gpt-4o"]})),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["data"]["name"], "renamed");
+        assert_eq!(t.chat(&key, &body).await.status(), 403);
+        ana.call(
+            "PATCH",
+            &format!("/api/self/keys/{kid}"),
+            Some(json!({"status": 0})),
+        )
+        .await;
+        assert_eq!(t.chat(&key, &body).await.status(), 401);
+        let (st, _) = ana
+            .call("DELETE", &format!("/api/self/keys/{kid}"), None)
+            .await;
+        assert_eq!(st, 200);
+
+        // access tokens for scripts: shown once, listed without the secret, revocable
+        let (st, v) = ana
+            .call("POST", "/api/self/tokens", Some(json!({"name": "ci"})))
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let token = v["token"].as_str().unwrap().to_string();
+        let (_, list) = ana.call("GET", "/api/self/tokens", None).await;
+        let row = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "ci")
+            .unwrap()
+            .clone();
+        assert!(!list.to_string().contains(&token));
+        let me = t
+            .http
+            .get(t.url("/api/self"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(me.status(), 200);
+        let (st, _) = bo
+            .call("DELETE", &format!("/api/self/tokens/{}", row["id"]), None)
+            .await;
+        assert_eq!(st, 404, "not bo's token");
+        let (st, _) = ana
+            .call("DELETE", &format!("/api/self/tokens/{}", row["id"]), None)
+            .await;
+        assert_eq!(st, 200);
+        let me = t
+            .http
+            .get(t.url("/api/self"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(me.status(), 401);
+        t.finish().await;
+    }
+}
