@@ -86,6 +86,22 @@ pub struct KeyOptions {
     pub allowed_models: Vec<String>,
     #[serde(default)]
     pub allowed_ips: Vec<String>,
+    /// Requests/tokens per minute, requests at once, spending budget.
+    #[serde(default)]
+    pub limits: storage::RateLimits,
+}
+
+/// Checks a key's limits: a budget needs a period and the other way round.
+pub fn check_limits(l: storage::RateLimits) -> Result<storage::RateLimits, OpsError> {
+    match (&l.budget, l.budget_period.as_deref()) {
+        (None, None) | (Some(_), Some("daily" | "weekly" | "monthly")) => Ok(l),
+        (Some(_), None) | (None, Some(_)) => Err(OpsError::Invalid(
+            "a budget needs both `budget` (units) and `budget_period`".into(),
+        )),
+        (Some(_), Some(p)) => Err(OpsError::Invalid(format!(
+            "budget_period is daily, weekly or monthly, not `{p}`"
+        ))),
+    }
 }
 
 /// Creates an API key; the full key is returned once and never stored.
@@ -106,6 +122,7 @@ pub async fn create_key(
             quota_limit: opts.quota_limit.filter(|q| *q >= 0).unwrap_or(-1),
             allowed_models: opts.allowed_models,
             allowed_ips: opts.allowed_ips,
+            limits: check_limits(opts.limits)?,
         })
         .await?;
     Ok((row, secret))
@@ -125,6 +142,10 @@ pub async fn update_key(
         return Err(OpsError::Invalid(
             "status must be 1 (enabled) or 0 (disabled)".into(),
         ));
+    }
+    let mut patch = patch;
+    if let Some(l) = patch.limits.take() {
+        patch.limits = Some(check_limits(l)?);
     }
     Ok(store.update_api_key(id, &patch).await?)
 }

@@ -33,6 +33,16 @@ pub struct RequestHead<'a> {
     /// OpenRouter-style fallback models, tried in order after `model`.
     #[serde(borrow, default)]
     pub models: Option<Vec<Cow<'a, str>>>,
+    /// OpenRouter-style usage accounting: `{"include": true}` asks for the
+    /// cost in the answer's `usage`.
+    #[serde(default)]
+    pub usage: Option<UsageRequest>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, Debug)]
+pub struct UsageRequest {
+    #[serde(default)]
+    pub include: Option<bool>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, Debug)]

@@ -9,6 +9,9 @@ pub struct Price {
     pub input: Decimal,
     pub output: Decimal,
     pub cached_input: Decimal,
+    /// Cache-creation input tokens (Anthropic's `cache_creation_input_tokens`);
+    /// the input price unless set with [`Price::with_cache_write`].
+    pub cache_write: Decimal,
     /// USD per call (per image for image generation); `None` = billed per
     /// token only.
     pub per_call: Option<Decimal>,
@@ -36,7 +39,7 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, PriceError> {
 
 impl Price {
     /// Builds a price from its stored text; an empty cached price means the
-    /// input price.
+    /// input price. The cache-write price starts as the input price.
     pub fn parse(input: &str, output: &str, cached_input: &str) -> Result<Price, PriceError> {
         let input = parse_decimal(input)?;
         let output = parse_decimal(output)?;
@@ -49,8 +52,20 @@ impl Price {
             input,
             output,
             cached_input,
+            cache_write: input,
             per_call: None,
         })
+    }
+
+    /// Sets the cache-write price from its stored text (empty = the input
+    /// price).
+    pub fn with_cache_write(mut self, cache_write: &str) -> Result<Price, PriceError> {
+        self.cache_write = if cache_write.trim().is_empty() {
+            self.input
+        } else {
+            parse_decimal(cache_write)?
+        };
+        Ok(self)
     }
 
     /// Sets the per-call price from its stored text (empty = none).
@@ -64,13 +79,17 @@ impl Price {
     }
 }
 
-/// Token counts of one request. `prompt` includes `cached`, as OpenAI
-/// reports it.
+/// Token counts of one request. `prompt` is every input token: it includes
+/// `cached` (as OpenAI reports it) and `cache_write` (Anthropic reports cache
+/// reads and writes apart from `input_tokens`; add them into `prompt`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt: u64,
     pub completion: u64,
+    /// Input tokens read from the provider's prompt cache.
     pub cached: u64,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_write: u64,
 }
 
 /// The exact cost of `usage` at `price` times the group `ratio`, in units,
@@ -83,10 +102,13 @@ pub fn cost_units(price: &Price, ratio: Decimal, usage: Usage) -> i64 {
 /// = per_call × 1 000 000 units); the sum is multiplied by the group ratio
 /// and rounded once. A price without a per-call part adds nothing.
 pub fn cost_units_calls(price: &Price, ratio: Decimal, usage: Usage, calls: u64) -> i64 {
+    // cache reads and writes are parts of the prompt: never more than it
     let cached = usage.cached.min(usage.prompt);
-    let uncached = usage.prompt - cached;
+    let cache_write = usage.cache_write.min(usage.prompt - cached);
+    let uncached = usage.prompt - cached - cache_write;
     let mut total = Decimal::from(uncached) * price.input
         + Decimal::from(cached) * price.cached_input
+        + Decimal::from(cache_write) * price.cache_write
         + Decimal::from(usage.completion) * price.output;
     if let Some(per_call) = price.per_call
         && calls > 0
@@ -131,8 +153,9 @@ pub fn seed_prices() -> &'static [(&'static str, &'static str, &'static str, &'s
         ("gpt-3.5-turbo-instruct", "1.5", "2", ""),
         ("text-embedding-3-small", "0.02", "0", ""),
         ("text-embedding-3-large", "0.13", "0", ""),
-        ("deepseek-chat", "0.27", "1.1", "0.07"),
-        ("deepseek-reasoner", "0.55", "2.19", "0.14"),
+        // DeepSeek-V3.2 list prices (since 2025-09-29), the same for both ids
+        ("deepseek-chat", "0.28", "0.42", "0.028"),
+        ("deepseek-reasoner", "0.28", "0.42", "0.028"),
         ("claude-sonnet-4-5", "3", "15", "0.3"),
         ("claude-haiku-4-5", "1", "5", "0.1"),
         ("claude-opus-4-1", "15", "75", "1.5"),
@@ -174,6 +197,7 @@ mod tests {
             prompt: 1000,
             completion: 500,
             cached: 0,
+            cache_write: 0,
         };
         assert_eq!(cost_units(&p("2.5", "10", ""), Decimal::ONE, u), 7500);
     }
@@ -184,6 +208,7 @@ mod tests {
             prompt: 1000,
             completion: 0,
             cached: 400,
+            cache_write: 0,
         };
         // 600 × 2.5 + 400 × 1.25 = 1500 + 500
         assert_eq!(cost_units(&p("2.5", "10", "1.25"), Decimal::ONE, u), 2000);
@@ -192,6 +217,7 @@ mod tests {
             prompt: 10,
             completion: 0,
             cached: 50,
+            cache_write: 0,
         };
         assert_eq!(cost_units(&p("2.5", "10", "1.25"), Decimal::ONE, u), 13);
     }
@@ -208,6 +234,7 @@ mod tests {
                     prompt: n,
                     completion: 0,
                     cached: 0,
+                    cache_write: 0,
                 },
             )
         };
@@ -218,9 +245,73 @@ mod tests {
             prompt: 3,
             completion: 3,
             cached: 0,
+            cache_write: 0,
         };
         // 0.45 + 1.8 = 2.25 × 1.5 = 3.375 → 3
         assert_eq!(cost_units(&price, parse_decimal("1.5").unwrap(), u), 3);
+    }
+
+    #[test]
+    fn cache_writes_use_the_cache_write_price_and_round_once() {
+        // Claude Sonnet: input 3, output 15, cache read 0.3, cache write 3.75
+        let price = p("3", "15", "0.3").with_cache_write("3.75").unwrap();
+        // 100 uncached + 1000 read + 2000 written, 50 out:
+        // 300 + 300 + 7500 + 750 = 8850
+        let u = Usage {
+            prompt: 3100,
+            completion: 50,
+            cached: 1000,
+            cache_write: 2000,
+        };
+        assert_eq!(cost_units(&price, Decimal::ONE, u), 8850);
+        // one written token: 3.75 → 4 (rounded once, half up), and with
+        // ratio 0.8: 3.75 × 0.8 = 3.0
+        let one = Usage {
+            prompt: 1,
+            cache_write: 1,
+            ..Usage::default()
+        };
+        assert_eq!(cost_units(&price, Decimal::ONE, one), 4);
+        assert_eq!(cost_units(&price, parse_decimal("0.8").unwrap(), one), 3);
+        // 3 written + 3 read at ratio 1.1: (11.25 + 0.9) × 1.1 = 13.365 → 13
+        let u = Usage {
+            prompt: 6,
+            cached: 3,
+            cache_write: 3,
+            ..Usage::default()
+        };
+        assert_eq!(cost_units(&price, parse_decimal("1.1").unwrap(), u), 13);
+        // writes beyond what the prompt holds are clamped (reads first)
+        let u = Usage {
+            prompt: 10,
+            cached: 8,
+            cache_write: 50,
+            ..Usage::default()
+        };
+        // 8 × 0.3 + 2 × 3.75 = 2.4 + 7.5 = 9.9 → 10
+        assert_eq!(cost_units(&price, Decimal::ONE, u), 10);
+    }
+
+    #[test]
+    fn cache_write_price_defaults_to_input() {
+        let price = p("2.5", "10", "1.25");
+        assert_eq!(price.cache_write, price.input);
+        assert_eq!(price.clone().with_cache_write(" ").unwrap(), price);
+        let u = Usage {
+            prompt: 1000,
+            cache_write: 400,
+            ..Usage::default()
+        };
+        // written tokens at the input price: same as an uncached prompt
+        assert_eq!(cost_units(&price, Decimal::ONE, u), 2500);
+        assert!(matches!(
+            price.clone().with_cache_write("-1"),
+            Err(PriceError::Negative(_))
+        ));
+        assert!(matches!(
+            price.with_cache_write("x"),
+            Err(PriceError::NotDecimal(_))
+        ));
     }
 
     #[test]
@@ -268,6 +359,7 @@ mod tests {
             prompt: 3,
             completion: 0,
             cached: 0,
+            cache_write: 0,
         };
         assert_eq!(
             cost_units_calls(&price, parse_decimal("1.5").unwrap(), u, 1),

@@ -105,7 +105,9 @@ impl Hold {
         let amount = amount.max(0);
         let mut u = user.lock();
         let available = u.committed - u.pending - u.held;
-        if available < amount || available <= 0 {
+        // a call that costs nothing (a free model, a managed user's own
+        // channel at fee 0) needs no balance
+        if available < amount || (available <= 0 && amount > 0) {
             return Err(HoldError::Balance {
                 needed: amount,
                 available,
@@ -114,7 +116,7 @@ impl Hold {
         if let Some(k) = key {
             let mut ks = k.lock();
             let left = ks.committed - ks.pending - ks.held;
-            if left < amount || left <= 0 {
+            if left < amount || (left <= 0 && amount > 0) {
                 return Err(HoldError::KeyQuota {
                     needed: amount,
                     available: left,
@@ -225,9 +227,15 @@ mod tests {
     }
 
     #[test]
-    fn empty_wallet_refuses_even_zero() {
+    fn empty_wallet_refuses_any_cost_but_allows_a_free_call() {
         let u = Arc::new(Wallet::new(0));
-        assert!(Hold::reserve(&u, None, 0).is_err());
+        assert!(Hold::reserve(&u, None, 1).is_err());
+        // a call that costs nothing (free model, own channel at fee 0)
+        assert!(Hold::reserve(&u, None, 0).is_ok());
+        let k = Arc::new(Wallet::new(0));
+        let rich = Arc::new(Wallet::new(100));
+        assert!(Hold::reserve(&rich, Some(&k), 1).is_err());
+        assert!(Hold::reserve(&rich, Some(&k), 0).is_ok());
     }
 
     #[test]

@@ -200,6 +200,10 @@ pub enum PriceCmd {
         /// Cached input price (default: the input price).
         #[arg(long, default_value = "")]
         cached: String,
+        /// Cache-write price: USD per million cache-creation input tokens
+        /// (default: the input price).
+        #[arg(long, default_value = "")]
+        cache_write: String,
         /// Price per call in USD (per image for image models; default: none).
         #[arg(long, default_value = "")]
         per_call: String,
@@ -272,9 +276,19 @@ async fn run_with(cmd: Command, store: &Store) -> anyhow::Result<i32> {
             input,
             output,
             cached,
+            cache_write,
             per_call,
         }) => {
-            billing::ops::set_price(store, &model, &input, &output, &cached, &per_call).await?;
+            billing::ops::set_price(
+                store,
+                &model,
+                &input,
+                &output,
+                &cached,
+                &cache_write,
+                &per_call,
+            )
+            .await?;
             out(format!("price of {model} set"));
         }
         Command::Price(PriceCmd::List) => {
@@ -288,6 +302,11 @@ async fn run_with(cmd: Command, store: &Store) -> anyhow::Result<i32> {
                     String::new()
                 } else {
                     format!("  per call {} USD", p.per_call)
+                };
+                let per_call = if p.cache_write.is_empty() {
+                    per_call
+                } else {
+                    format!("  cache write {}{per_call}", p.cache_write)
                 };
                 out(format!(
                     "{:<32} input {:>8}  output {:>8}  cached {:>8}  (USD / 1M tokens){per_call}",
@@ -457,6 +476,7 @@ async fn key_cmd(c: KeyCmd, store: &Store) -> anyhow::Result<()> {
                     quota_limit,
                     allowed_models: k.models,
                     allowed_ips: k.ips,
+                    limits: Default::default(),
                 },
             )
             .await?;

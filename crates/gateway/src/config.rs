@@ -17,6 +17,10 @@ pub struct Config {
     pub log: LogConfig,
     pub relay: relay::RelayConfig,
     pub accounts: web::AccountsConfig,
+    pub payments: web::PaymentsConfig,
+    pub redis: RedisConfig,
+    /// Autoban and rate-limit rules (`[guard]`).
+    pub guard: guard::GuardConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +39,17 @@ pub struct ServerConfig {
     pub login_ttl_hours: i64,
     /// Worker threads (0 = one per core).
     pub workers: usize,
+}
+
+/// `[redis]`: shared counters, bans and cache invalidation for several
+/// nodes. Empty `url`: everything stays in this process (one node).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// e.g. `redis://127.0.0.1:6379` (or `redis://:password@host:6379/0`).
+    pub url: String,
+    /// Prefix of every key this deployment writes.
+    pub key_prefix: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

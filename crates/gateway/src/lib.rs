@@ -58,8 +58,61 @@ pub struct App {
     pub store: Store,
     /// The root password generated on this start, if any (shown once).
     pub root_password: Option<String>,
+    pub guard: guard::Guard,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+    /// Reload announcements from the other nodes.
+    _reloads: Option<guard::Subscription>,
+}
+
+/// The guard: Redis-backed when `redis.url` is set (every node sees the same
+/// counters and bans), else in this process. An unreachable Redis does not
+/// stop the start: limits fail open until it answers.
+async fn start_guard(cfg: &Config) -> anyhow::Result<guard::Guard> {
+    let mut gcfg = cfg.guard.clone();
+    if !cfg.redis.key_prefix.is_empty() {
+        gcfg.key_prefix = cfg.redis.key_prefix.clone();
+    }
+    if cfg.redis.url.is_empty() {
+        return guard::Guard::memory(gcfg).map_err(|e| anyhow::anyhow!("guard: {e}"));
+    }
+    let store = guard::RedisStore::connect_lazy(&cfg.redis.url, guard::RedisSettings::default())
+        .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+    let g = guard::Guard::with_redis(gcfg, store).map_err(|e| anyhow::anyhow!("guard: {e}"))?;
+    if tokio::time::timeout(Duration::from_secs(3), g.ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!(url = %cfg.redis.url, "Redis is not reachable yet; limits and bans fail open until it is");
+    }
+    Ok(g)
+}
+
+/// Reloads this node's caches when another node announces a change, and
+/// after Redis comes back (messages may have been missed meanwhile).
+fn subscribe_reloads(g: &guard::Guard, relay: &Arc<Relay>) -> Option<guard::Subscription> {
+    let weak = Arc::downgrade(relay);
+    let sub = g.pubsub().subscribe(&[relay::RELOAD_CHANNEL], move |ev| {
+        let Some(relay) = weak.upgrade() else { return };
+        let from_peer = match &ev {
+            guard::BusEvent::Message { payload, .. } => *payload != relay.node,
+            guard::BusEvent::Reconnected => true,
+        };
+        if from_peer {
+            tokio::spawn(async move {
+                if let Err(e) = relay.reload_local().await {
+                    tracing::error!(error = %e, "reload after another node's change failed");
+                }
+            });
+        }
+    });
+    match sub {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to reload announcements; relying on the periodic refresh");
+            None
+        }
+    }
 }
 
 impl App {
@@ -75,6 +128,9 @@ impl App {
         let relay = Relay::start(store.clone(), cfg.relay.clone())
             .await
             .map_err(|e| anyhow::anyhow!("starting the relay: {}", e.message))?;
+        let guard = start_guard(&cfg).await?;
+        relay.set_guard(guard.clone());
+        let reloads = subscribe_reloads(&guard, &relay);
         let proxies = web::TrustedProxies::new(
             &cfg.server.trusted_proxies,
             Some(cfg.server.client_ip_header.as_str()),
@@ -86,6 +142,9 @@ impl App {
         let addr = listener.local_addr()?;
         let accounts_runtime = web::AccountsRuntime::new(cfg.accounts.clone(), &addr.to_string())
             .map_err(|e| anyhow::anyhow!(e))?;
+        let payments_runtime =
+            web::PaymentsRuntime::new(cfg.payments.clone(), &accounts_runtime.cfg.public_url)
+                .map_err(|e| anyhow::anyhow!(e))?;
         let state = web::AppState {
             relay: relay.clone(),
             store: store.clone(),
@@ -94,6 +153,8 @@ impl App {
                 login_ttl_ms: cfg.server.login_ttl_hours.max(1) * 3_600_000,
             }),
             accounts: Arc::new(accounts_runtime),
+            payments: Arc::new(payments_runtime),
+            guard: guard.clone(),
         };
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -145,8 +206,10 @@ impl App {
             relay,
             store,
             root_password,
+            guard,
             shutdown,
             done,
+            _reloads: reloads,
         })
     }
 

@@ -22,6 +22,8 @@ pub struct KeyEntry {
     pub ips: IpAllowList,
     /// The key's remaining quota; `None` = unlimited.
     pub budget: Option<Arc<Wallet>>,
+    /// Rate limits, concurrency and spending budget of the key.
+    pub limits: storage::RateLimits,
 }
 
 pub struct UserEntry {
@@ -33,6 +35,8 @@ pub struct UserEntry {
     pub wallet: Arc<Wallet>,
     /// Set for a user in managed mode (role `user_root`).
     pub managed: Option<Managed>,
+    /// Rate limits over all of the user's keys.
+    pub limits: storage::RateLimits,
 }
 
 /// How a managed user's requests are routed and billed.
@@ -190,6 +194,8 @@ pub struct Snapshot {
     pub fallbacks: HashMap<String, Vec<String>>,
     /// Managed users' own channels: owner → model → tiers.
     pub own_routes: HashMap<i64, HashMap<String, Vec<Tier>>>,
+    /// (owner, model) pairs whose every own channel is disabled automatically.
+    pub own_unavailable: HashSet<(i64, String)>,
 }
 
 impl Snapshot {
@@ -408,6 +414,7 @@ pub async fn load(
                 ratio,
                 wallet,
                 managed,
+                limits: u.limits,
             }),
         );
     }
@@ -442,6 +449,7 @@ pub async fn load(
                 },
                 ips,
                 budget,
+                limits: k.limits,
             }),
         );
     }
@@ -477,6 +485,9 @@ pub async fn load(
         let entry = Arc::new(channel_entry(&c, cfg, failures_of(wallets, &c)));
         snap.channels.insert(c.id, entry.clone());
         if c.status != 1 || entry.keys.is_empty() {
+            for m in &c.models {
+                snap.own_unavailable.insert((c.owner_id, m.clone()));
+            }
             continue;
         }
         add_to_tiers(own.entry(c.owner_id).or_default(), &entry, &c.models);
@@ -486,6 +497,8 @@ pub async fn load(
             ts.sort_by_key(|t| std::cmp::Reverse(t.priority));
         }
     }
+    snap.own_unavailable
+        .retain(|(o, m)| own.get(o).is_none_or(|ms| !ms.contains_key(m)));
     snap.own_routes = own;
     snap.unavailable
         .retain(|(g, m)| tiers.get(g).is_none_or(|ms| !ms.contains_key(m)));
@@ -499,6 +512,7 @@ pub async fn load(
     for p in store.prices().await? {
         match Price::parse(&p.input, &p.output, &p.cached_input)
             .and_then(|price| price.with_per_call(&p.per_call))
+            .and_then(|price| price.with_cache_write(&p.cache_write))
         {
             Ok(price) => {
                 snap.prices.insert(p.model, price);

@@ -91,33 +91,24 @@ pub async fn update_owned(
 /// link-local or otherwise non-public address (so a user's channel cannot
 /// reach the operator's internal network).
 pub async fn check_public(url: &str) -> Result<(), ChannelError> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (h, after) = v6.split_once(']').unwrap_or((v6, ""));
-            (
-                h.to_string(),
-                after.strip_prefix(':').unwrap_or("443").to_string(),
-            )
-        }
-        None => match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.to_string()),
-            None => (authority.to_string(), "443".to_string()),
-        },
-    };
     let refuse = |why: &str| {
         Err(ChannelError::Invalid(format!(
             "`{url}` points at {why}; channels of managed users must use public addresses"
         )))
     };
-    if host.is_empty() {
+    // the URL parser the relay connects with decides what the host is
+    // (a hand-made split would disagree on `\`, `@` and the like)
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return refuse("no valid URL");
+    };
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
         return refuse("no host");
-    }
-    let addrs: Vec<std::net::IpAddr> = match host.parse::<std::net::IpAddr>() {
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::IpAddr> = match bare.parse::<std::net::IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => match tokio::net::lookup_host(format!("{host}:{port}")).await {
+        Err(_) => match tokio::net::lookup_host((bare, port)).await {
             Ok(it) => it.map(|a| a.ip()).collect(),
             Err(_) => {
                 return Err(ChannelError::Invalid(format!(
@@ -126,7 +117,7 @@ pub async fn check_public(url: &str) -> Result<(), ChannelError> {
             }
         },
     };
-    if addrs.iter().any(|ip| !is_public(*ip)) {
+    if addrs.is_empty() || addrs.iter().any(|ip| !is_public(*ip)) {
         return refuse("a private, loopback or link-local address");
     }
     Ok(())
@@ -259,6 +250,7 @@ mod tests {
             "http://100.64.0.1/v1",
             "http://0.0.0.0/v1",
             "http://user:pw@127.0.0.1/v1",
+            "http://127.0.0.1:9\\@1.1.1.1/v1",
         ] {
             let e = check_public(url).await.expect_err(url);
             assert!(e.to_string().contains("public"), "{url}: {e}");

@@ -41,6 +41,10 @@ pub struct RelayConfig {
     /// How often automatically disabled channels are probed and re-enabled
     /// when they answer again; 0 = never.
     pub probe_interval_secs: u64,
+    /// Report each call's cost (USD) in `usage.cost` and the `x-cost-usd`
+    /// header for every request; off: only for requests that ask with
+    /// `"usage": {"include": true}` (OpenRouter's convention).
+    pub report_cost: bool,
 }
 
 impl Default for RelayConfig {
@@ -62,6 +66,7 @@ impl Default for RelayConfig {
             refresh_secs: 10,
             channel_failure_threshold: 5,
             probe_interval_secs: 60,
+            report_cost: false,
         }
     }
 }

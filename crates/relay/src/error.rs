@@ -6,6 +6,12 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     InvalidKey,
+    /// No key has this secret (counted against the client's address).
+    UnknownKey,
+    /// The client's address is banned for a while.
+    IpBanned,
+    /// A rate limit, concurrency limit or budget of the key or user.
+    RateLimited,
     IpNotAllowed,
     ModelNotAllowed,
     ModelNotFound,
@@ -33,6 +39,8 @@ pub struct RelayError {
     pub upstream: Option<(u16, bytes::Bytes)>,
     /// The dialect of that body.
     pub upstream_api: Option<crate::formats::Api>,
+    /// Seconds until the request may pass (`retry-after`).
+    pub retry_after: Option<u64>,
 }
 
 impl RelayError {
@@ -43,7 +51,13 @@ impl RelayError {
             param: None,
             upstream: None,
             upstream_api: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> RelayError {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn with_param(mut self, p: &str) -> RelayError {
@@ -55,7 +69,9 @@ impl RelayError {
     pub fn parts(&self) -> (u16, &'static str, &'static str) {
         use ErrorKind::*;
         match self.kind {
-            InvalidKey => (401, "invalid_request_error", "invalid_api_key"),
+            InvalidKey | UnknownKey => (401, "invalid_request_error", "invalid_api_key"),
+            IpBanned => (403, "permission_error", "ip_banned"),
+            RateLimited => (429, "requests", "rate_limit_exceeded"),
             IpNotAllowed => (403, "permission_error", "ip_not_allowed"),
             ModelNotAllowed => (403, "permission_error", "model_not_allowed"),
             ModelNotFound => (404, "invalid_request_error", "model_not_found"),

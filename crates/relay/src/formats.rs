@@ -95,7 +95,9 @@ pub fn build_request(
     };
     match (shape.client, target) {
         (Api::OpenAi, Api::OpenAi) => {
-            let inject = shape.stream && !shape.client_wants_usage;
+            // (a body rewritten anyway may ask again: harmless, and it covers a
+            // client that asked for usage with OpenRouter's `usage.include`)
+            let inject = shape.stream && (!shape.client_wants_usage || shape.strip_models);
             let body = if rename.is_some() || inject || shape.strip_models {
                 Bytes::from(
                     openai::rewrite_body(body, rename, inject, shape.strip_models)
@@ -328,6 +330,10 @@ pub struct StreamConv {
     /// Some produced content was seen (for time to first token).
     pub content_seen: bool,
     finished: bool,
+    /// Hold back an OpenAI client's usage event, and everything after it,
+    /// until the cost is known (`usage.cost`).
+    pub hold_usage: bool,
+    held: Vec<Bytes>,
 }
 
 fn sse_data(v: &Value) -> Bytes {
@@ -386,6 +392,51 @@ impl StreamConv {
             done: false,
             content_seen: false,
             finished: false,
+            hold_usage: false,
+            held: Vec::new(),
+        }
+    }
+
+    /// Events held back since the usage event.
+    pub fn holds_usage(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Releases the held usage event with `"cost"` added to its usage, and
+    /// what followed it.
+    pub fn release_held(&mut self, cost_usd: &str, out: &mut Vec<Bytes>) {
+        let mut held = std::mem::take(&mut self.held).into_iter();
+        if let Some(first) = held.next() {
+            let data = sse::event_data(&first);
+            let patched = serde_json::from_slice::<Value>(&data)
+                .ok()
+                .and_then(|mut v| {
+                    let n = cost_usd.parse::<serde_json::Number>().ok()?;
+                    v.get_mut("usage")?
+                        .as_object_mut()?
+                        .insert("cost".into(), Value::Number(n));
+                    Some(sse_data(&v))
+                });
+            out.push(patched.unwrap_or(first));
+        }
+        out.extend(held);
+    }
+
+    /// Where an event for the client goes: out, or held after a held usage event.
+    fn route_out(&mut self, ev: Bytes, out: &mut Vec<Bytes>) {
+        if self.held.is_empty() {
+            out.push(ev);
+        } else {
+            self.held.push(ev);
+        }
+    }
+
+    /// An OpenAI client's usage event: held when the cost is to be added.
+    fn usage_out(&mut self, ev: Bytes, out: &mut Vec<Bytes>) {
+        if self.hold_usage {
+            self.held.push(ev);
+        } else {
+            out.push(ev);
         }
     }
 
@@ -413,6 +464,18 @@ impl StreamConv {
 
     /// Handles one upstream event; client bytes go to `out`.
     pub fn event(&mut self, ev: Bytes, out: &mut Vec<Bytes>) -> Result<(), String> {
+        if self.held.is_empty() {
+            return self.event_inner(ev, out);
+        }
+        let mut more = Vec::new();
+        let r = self.event_inner(ev, &mut more);
+        for b in more {
+            self.route_out(b, out);
+        }
+        r
+    }
+
+    fn event_inner(&mut self, ev: Bytes, out: &mut Vec<Bytes>) -> Result<(), String> {
         let data = sse::event_data(&ev);
         if self.native {
             return self.native_event(ev.clone(), &data, out);
@@ -489,7 +552,11 @@ impl StreamConv {
                     if usage_only && !self.client_wants_usage {
                         continue;
                     }
-                    out.push(sse_data(&c));
+                    if usage_only {
+                        self.usage_out(sse_data(&c), out);
+                    } else {
+                        out.push(sse_data(&c));
+                    }
                 }
                 Down::Anthropic(d) => {
                     for (name, v) in d.chunk(&c).map_err(|e| e.to_string())? {
@@ -528,10 +595,15 @@ impl StreamConv {
                     && let Some(u) = c.usage
                 {
                     self.usage = Some(openai::usage_of(u));
-                    if !self.client_wants_usage && c.choices.as_ref().is_some_and(Vec::is_empty) {
+                    let usage_only = c.choices.as_ref().is_some_and(Vec::is_empty);
+                    if !self.client_wants_usage && usage_only {
                         return Ok(());
                     }
-                    out.push(ev);
+                    if usage_only {
+                        self.usage_out(ev, out);
+                    } else {
+                        out.push(ev);
+                    }
                     return Ok(());
                 }
                 self.collect(data);
@@ -559,6 +631,11 @@ impl StreamConv {
                         // cumulative output
                         let prev = self.usage.unwrap_or_default();
                         self.usage = Some(billing::Usage {
+                            cache_write: if u.prompt > 0 {
+                                u.cache_write
+                            } else {
+                                prev.cache_write
+                            },
                             prompt: if u.prompt > 0 { u.prompt } else { prev.prompt },
                             cached: if u.prompt > 0 { u.cached } else { prev.cached },
                             completion: u.completion.max(prev.completion),
@@ -625,6 +702,17 @@ impl StreamConv {
 
     /// The upstream finished: closing events for the client.
     pub fn finish(&mut self, out: &mut Vec<Bytes>) {
+        if self.held.is_empty() {
+            return self.finish_inner(out);
+        }
+        let mut more = Vec::new();
+        self.finish_inner(&mut more);
+        for b in more {
+            self.route_out(b, out);
+        }
+    }
+
+    fn finish_inner(&mut self, out: &mut Vec<Bytes>) {
         if self.finished || self.native {
             return;
         }

@@ -71,7 +71,7 @@ pub fn rewrite_body(
     for (k, v) in &fields.0 {
         if (k == "model" && model.is_some())
             || (k == "stream_options" && force_include_usage)
-            || (k == "models" && drop_models)
+            || ((k == "models" || k == "usage") && drop_models)
         {
             continue;
         }
@@ -136,6 +136,7 @@ pub fn usage_of(u: api_types::openai::Usage) -> billing::Usage {
             .unwrap_or(0)
     });
     billing::Usage {
+        cache_write: 0,
         prompt,
         completion,
         cached: u

@@ -76,6 +76,7 @@ pub fn bill(endpoint: Endpoint, price: &Price, request: &[u8], n: u64, answer: &
     };
     let prompt = |prompt| Bill {
         usage: Usage {
+            cache_write: 0,
             prompt,
             completion: 0,
             cached: 0,
@@ -108,6 +109,7 @@ pub fn bill(endpoint: Endpoint, price: &Price, request: &[u8], n: u64, answer: &
                     let c = u(us, "/completion_tokens").unwrap_or(0);
                     Bill {
                         usage: Usage {
+                            cache_write: 0,
                             prompt: p,
                             completion: c,
                             cached: 0,
@@ -146,6 +148,7 @@ pub fn bill(endpoint: Endpoint, price: &Price, request: &[u8], n: u64, answer: &
                 if p.is_some() || c.is_some() {
                     return Bill {
                         usage: Usage {
+                            cache_write: 0,
                             prompt: p.unwrap_or(0),
                             completion: c.unwrap_or(0),
                             cached: 0,
@@ -165,6 +168,7 @@ pub fn bill(endpoint: Endpoint, price: &Price, request: &[u8], n: u64, answer: &
             };
             Bill {
                 usage: Usage {
+                    cache_write: 0,
                     prompt: 0,
                     completion: tokens::count(&text),
                     cached: 0,

@@ -142,6 +142,9 @@ pub struct Outbound {
     /// The answer's content type when it is not JSON or SSE (pass-through
     /// endpoints relay the upstream's, e.g. `audio/mpeg`).
     pub content_type: Option<String>,
+    /// The call's cost in USD, when it is to be reported (a header; streams
+    /// carry it in their usage event instead).
+    pub cost_usd: Option<String>,
 }
 
 /// The result of a channel test or probe.
@@ -183,6 +186,10 @@ pub struct Relay {
     tasks: TaskTracker,
     draining: AtomicBool,
     pub stats: RelayStats,
+    /// Rate limits and budgets (shared through Redis when configured).
+    guard: std::sync::OnceLock<guard::Guard>,
+    /// This node's name on the reload channel (to skip its own messages).
+    pub node: String,
 }
 
 /// What is known of a request once it is authorised, for logging and
@@ -204,6 +211,8 @@ struct Meter {
     /// fallback).
     body_model: String,
     strip_models: bool,
+    /// Report the cost in the answer (`usage.cost`, `x-cost-usd`).
+    report_cost: bool,
     anthropic_version: Option<String>,
     anthropic_beta: Option<String>,
     /// The request's content type, forwarded for pass-through endpoints.
@@ -214,6 +223,37 @@ struct Meter {
     calls: u64,
     /// The tokens of a pass-through answer were counted here.
     estimated: bool,
+    /// The request's slot under the key's and user's limits, released with
+    /// the meter (when the answer or stream ends).
+    _permit: Option<guard::Permit>,
+}
+
+/// The guard's view of a key's and its user's limits, `None` when neither
+/// has any (no work at all on the request path then).
+fn limits_of(key: &KeyEntry, user: &UserEntry, spend_estimate: i64) -> Option<guard::Limits> {
+    if key.limits.is_empty() && user.limits.is_empty() {
+        return None;
+    }
+    let scope = |l: &storage::RateLimits| guard::ScopeLimits {
+        rpm: l.rpm,
+        tpm: l.tpm,
+        concurrency: l.concurrency,
+    };
+    let period = match key.limits.budget_period.as_deref() {
+        Some("daily") => Some(guard::BudgetPeriod::Daily),
+        Some("weekly") => Some(guard::BudgetPeriod::Weekly),
+        Some("monthly") => Some(guard::BudgetPeriod::Monthly),
+        _ => None,
+    };
+    Some(guard::Limits {
+        key: scope(&key.limits),
+        user: scope(&user.limits),
+        key_budget: match (key.limits.budget, period) {
+            (Some(limit), Some(period)) => Some(guard::Budget { limit, period }),
+            _ => None,
+        },
+        spend_estimate: spend_estimate.max(0) as u64,
+    })
 }
 
 fn openai_compatible(ch: &ChannelEntry) -> bool {
@@ -321,6 +361,8 @@ impl Relay {
             tasks: TaskTracker::new(),
             draining: AtomicBool::new(false),
             stats: RelayStats::default(),
+            guard: std::sync::OnceLock::new(),
+            node: format!("{}-{}", std::process::id(), accounts::generate_password()),
         });
         if relay.cfg.refresh_secs > 0 {
             let weak = Arc::downgrade(&relay);
@@ -361,7 +403,25 @@ impl Relay {
 
     /// Rebuilds the in-memory snapshot after a change; returns once the new
     /// one is in place.
+    /// Puts rate limits and budgets in force (once, at start).
+    pub fn set_guard(&self, g: guard::Guard) {
+        let _ = self.guard.set(g);
+    }
+
+    /// Rebuilds the in-memory view after a change made through this node,
+    /// and tells the other nodes (through Redis) to do the same.
     pub async fn reload(&self) -> storage::Result<()> {
+        self.reload_local().await?;
+        if let Some(g) = self.guard.get()
+            && let Err(e) = g.pubsub().publish(RELOAD_CHANNEL, &self.node).await
+        {
+            tracing::warn!(error = %e, "could not tell the other nodes to reload; they catch up at their next periodic refresh");
+        }
+        Ok(())
+    }
+
+    /// Rebuilds this node's in-memory view from the database.
+    pub async fn reload_local(&self) -> storage::Result<()> {
         let (tx, rx) = oneshot::channel();
         if self.writer.send(WriteMsg::Reload(Some(tx))).await.is_err() {
             return Ok(());
@@ -413,7 +473,11 @@ impl Relay {
             )
         };
         let digest = accounts::secret_digest(api_key);
-        let key = snap.keys.get(&digest).ok_or_else(invalid)?;
+        let key = snap.keys.get(&digest).ok_or_else(|| {
+            let mut e = invalid();
+            e.kind = ErrorKind::UnknownKey;
+            e
+        })?;
         if !key.enabled {
             return Err(RelayError::new(
                 ErrorKind::InvalidKey,
@@ -518,7 +582,10 @@ impl Relay {
         }
         // The models to try: the one asked for, then the request's
         // OpenRouter-style `models` list or the operator's fallback chain.
-        let strip_models = head.models.is_some();
+        // gateway-level fields never go upstream
+        let strip_models = head.models.is_some() || head.usage.is_some();
+        let report_cost =
+            self.cfg.report_cost || head.usage.and_then(|u| u.include).unwrap_or(false);
         let mut wanted: Vec<String> = vec![model.clone()];
         match &head.models {
             Some(list) => wanted.extend(list.iter().map(|m| m.to_string())),
@@ -567,7 +634,8 @@ impl Relay {
             .stream_options
             .as_ref()
             .and_then(|o| o.include_usage)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            || head.usage.and_then(|u| u.include).unwrap_or(false);
         let (max_out, n) = match api {
             Api::Gemini => openai::gemini_limits(&inb.body),
             _ => (
@@ -604,9 +672,14 @@ impl Relay {
             .map(|(_, price)| {
                 cost_units_calls(
                     price,
-                    // the dearer of shared and own-channel pricing
-                    user.ratio.max(ratio_for(&user, -1)),
+                    // the dearer of what may serve it: own channels only, or
+                    // either own or shared ones
+                    match user.managed {
+                        Some(m) if m.own_only => ratio_for(&user, -1),
+                        _ => user.ratio.max(ratio_for(&user, -1)),
+                    },
                     Usage {
+                        cache_write: 0,
                         prompt: prompt_bound,
                         completion: completion_bound,
                         cached: 0,
@@ -616,6 +689,23 @@ impl Relay {
             })
             .max()
             .unwrap_or(0);
+        let permit = match (self.guard.get(), limits_of(&key, &user, estimate)) {
+            (Some(g), Some(limits)) => match g.acquire(key.id, user.id, &limits).await {
+                Ok(p) => Some(p),
+                Err(d) => {
+                    return Err(RelayError::new(
+                        ErrorKind::RateLimited,
+                        format!(
+                            "Rate limit reached: {}. Retry in {} s.",
+                            deny_text(d.reason),
+                            d.retry_after_secs
+                        ),
+                    )
+                    .with_retry_after(d.retry_after_secs));
+                }
+            },
+            _ => None,
+        };
         let hold = self.reserve(&user, &key, estimate).await?;
         let mut meter = Meter {
             request_id: inb.request_id,
@@ -632,12 +722,14 @@ impl Relay {
             stream,
             client_wants_usage,
             strip_models,
+            report_cost,
             anthropic_version: inb.anthropic_version,
             anthropic_beta: inb.anthropic_beta,
             content_type: inb.content_type,
             n,
             calls: 0,
             estimated: false,
+            _permit: permit,
         };
         let mut last: Option<RelayError> = None;
         let mut last_channel = 0;
@@ -651,9 +743,12 @@ impl Relay {
                 }
                 Some(t) => cache::candidate_order(t, limit),
             };
-            // a managed user's own channels first, then the shared ones
+            // a managed user's own channels first, then the shared ones;
+            // a model the operator does not price is served by own channels only
             let mut candidates = order(route.own);
-            candidates.extend(order(route.shared));
+            if route.own.is_none() || snap.prices.contains_key(&m) {
+                candidates.extend(order(route.shared));
+            }
             meter.model = m;
             meter.price = price;
             let mut attempts_left = self.cfg.retries as usize + 1;
@@ -940,12 +1035,13 @@ impl Relay {
         }
         let route = snap.route(user, model);
         if !route.exists() {
-            if route.shared.is_none()
-                && user.managed.is_none_or(|m| !m.own_only)
+            let shared_down = user.managed.is_none_or(|m| !m.own_only)
                 && snap
                     .unavailable
-                    .contains(&(user.group.clone(), model.to_string()))
-            {
+                    .contains(&(user.group.clone(), model.to_string()));
+            let own_down = user.managed.is_some()
+                && snap.own_unavailable.contains(&(user.id, model.to_string()));
+            if shared_down || own_down {
                 return Err(RelayError::new(
                     ErrorKind::NoChannel,
                     format!(
@@ -1201,22 +1297,32 @@ impl Relay {
         }
         let meter = take_meter(meter);
         let ttft = meter.started.elapsed();
-        self.settle(
-            meter,
-            ch.id,
-            upstream_model,
-            usage,
-            counter,
-            status,
-            String::new(),
-            ttft,
-        )
-        .await;
+        let report = meter.report_cost;
+        let cost = self
+            .settle(
+                meter,
+                ch.id,
+                upstream_model,
+                usage,
+                counter,
+                status,
+                String::new(),
+                ttft,
+            )
+            .await;
+        let cost_usd = report.then(|| units_to_usd(cost));
+        let body = match &cost_usd {
+            Some(usd) if matches!(client, Api::OpenAi | Api::Responses) => {
+                with_usage_cost(body, usd)
+            }
+            _ => body,
+        };
         (
             Attempt::Done(Outbound {
                 status,
                 body: OutBody::Full(body),
                 content_type: None,
+                cost_usd,
             }),
             Blame::None,
         )
@@ -1238,22 +1344,26 @@ impl Relay {
         meter.calls = bill.calls;
         meter.estimated = bill.estimated;
         let ttft = meter.started.elapsed();
-        self.settle(
-            meter,
-            ch.id,
-            upstream_model,
-            Some(bill.usage),
-            None,
-            status,
-            String::new(),
-            ttft,
-        )
-        .await;
+        let report = meter.report_cost;
+        let cost = self
+            .settle(
+                meter,
+                ch.id,
+                upstream_model,
+                Some(bill.usage),
+                None,
+                status,
+                String::new(),
+                ttft,
+            )
+            .await;
+        let cost_usd = report.then(|| units_to_usd(cost));
         (
             Attempt::Done(Outbound {
                 status,
                 body: OutBody::Full(body),
                 content_type: Some(content_type.unwrap_or_else(|| "application/json".into())),
+                cost_usd,
             }),
             Blame::None,
         )
@@ -1328,6 +1438,7 @@ impl Relay {
             &meter.model,
             &meter.body,
         );
+        conv.hold_usage = meter.report_cost && client == Api::OpenAi;
         let mut out = Vec::new();
         if let Err(e) = conv.event(first, &mut out) {
             return (
@@ -1368,6 +1479,7 @@ impl Relay {
                 status,
                 body: OutBody::Stream(rx),
                 content_type: None,
+                cost_usd: None,
             }),
             Blame::None,
         )
@@ -1384,7 +1496,7 @@ impl Relay {
         status: u16,
         error: String,
         ttft: Duration,
-    ) {
+    ) -> i64 {
         let (usage, estimated) = match usage {
             Some(u) => (u, meter.estimated),
             None => {
@@ -1393,6 +1505,7 @@ impl Relay {
                 let completion = counter.map(StreamCounter::finish).unwrap_or(0);
                 (
                     Usage {
+                        cache_write: 0,
                         prompt,
                         completion,
                         cached: 0,
@@ -1429,6 +1542,14 @@ impl Relay {
             error,
             created_at: storage::now_ms(),
         };
+        if let (Some(g), Some(limits)) = (self.guard.get(), limits_of(&meter.key, &meter.user, 0)) {
+            let (g, key_id, user_id) = (g.clone(), meter.key.id, meter.user.id);
+            let used = guard::Usage {
+                tokens: usage.prompt + usage.completion,
+                spend: cost.max(0) as u64,
+            };
+            tokio::spawn(async move { g.record_usage(key_id, user_id, &limits, used).await });
+        }
         let user = meter.hold.user_wallet().clone();
         let key = meter.hold.key_wallet().cloned();
         meter.hold.settle(cost);
@@ -1436,6 +1557,7 @@ impl Relay {
             .writer
             .send(WriteMsg::Settled(Box::new(Settled { log, user, key })))
             .await;
+        cost
     }
 
     /// A request that reached no upstream answer: refunded (the hold is
@@ -1484,14 +1606,54 @@ fn take_meter(m: &mut Meter) -> Meter {
         client_wants_usage: m.client_wants_usage,
         body_model: String::new(),
         strip_models: m.strip_models,
+        report_cost: m.report_cost,
         anthropic_version: None,
         anthropic_beta: None,
         content_type: None,
         n: m.n,
         calls: 0,
         estimated: false,
+        _permit: None,
     };
     std::mem::replace(m, placeholder)
+}
+
+/// The pub/sub channel on which nodes announce changes to keys, users,
+/// channels, prices and settings.
+pub const RELOAD_CHANNEL: &str = "gap:reload";
+
+/// What a limit refusal is about, in words.
+fn deny_text(r: guard::DenyReason) -> &'static str {
+    use guard::DenyReason::*;
+    match r {
+        KeyRpm => "requests per minute of this API key",
+        UserRpm => "requests per minute of your account",
+        KeyTpm => "tokens per minute of this API key",
+        UserTpm => "tokens per minute of your account",
+        KeyConcurrency => "requests at once with this API key",
+        UserConcurrency => "requests at once for your account",
+        KeyBudget => "the spending budget of this API key for the period",
+        UserAllowance => "requests per hour of your account",
+    }
+}
+
+/// Adds `"cost": "<usd>"`-as-number to the `usage` object of a JSON answer
+/// (OpenRouter's `usage.cost`); an answer without one is left as it is.
+fn with_usage_cost(body: Bytes, usd: &str) -> Bytes {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let Some(u) = v
+        .get_mut("usage")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return body;
+    };
+    let Ok(n) = usd.parse::<serde_json::Number>() else {
+        return body;
+    };
+    u.insert("cost".into(), serde_json::Value::Number(n));
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1725,6 +1887,17 @@ impl StreamPump {
         }
         if error.is_empty() {
             self.conv.finish(&mut out);
+            if self.conv.holds_usage() {
+                // the same amount `settle` charges below
+                let usage = self.conv.usage().unwrap_or_default();
+                let cost = cost_units_calls(
+                    &meter.price,
+                    ratio_for(&meter.user, channel_id),
+                    usage,
+                    meter.calls,
+                );
+                self.conv.release_held(&units_to_usd(cost), &mut out);
+            }
             self.send_all(&mut out, idle, started).await;
         } else if !self.client_gone {
             let e = RelayError::new(ErrorKind::UpstreamFailed, error.clone());

@@ -156,6 +156,13 @@ impl Store {
         .await
     }
 
+    /// Rate limits over all of a user's keys.
+    pub async fn set_user_limits(&self, id: i64, limits: &RateLimits) -> Result<()> {
+        let text = limits.to_text();
+        self.update_user(id, "limits = $1", &[Bind::Text(&text)])
+            .await
+    }
+
     pub async fn set_role(&self, id: i64, role: &str) -> Result<()> {
         self.update_user(id, "role = $1", &[Bind::Text(role)]).await
     }

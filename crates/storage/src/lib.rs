@@ -10,11 +10,20 @@
 //!   decode the same way on both backends.
 
 mod accounts;
+mod catalog;
 mod migrate;
+mod payments;
 mod records;
+mod stats;
 mod store;
 
+pub use catalog::{CatalogDoc, CatalogEntry, CatalogPrice};
+pub use payments::{
+    CallbackFilter, NewPaymentCallback, NewPaymentOrder, OrderCompletion, OrderFilter, OrderRefund,
+    PaymentCallback, PaymentOrder, Redemption, RedemptionBatch, RedemptionCode,
+};
 pub use records::*;
+pub use stats::{ChannelBucket, ModelExtras, StatsRange, UsageBucket, UsageGrouping};
 pub use store::{Backend, Store};
 
 /// Errors of the storage layer. Constraint violations that a person can fix

@@ -33,6 +33,21 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_accounts.sql"),
         postgres: include_str!("../migrations/postgres/0004_accounts.sql"),
     },
+    Migration {
+        name: "0005_payments",
+        sqlite: include_str!("../migrations/sqlite/0005_payments.sql"),
+        postgres: include_str!("../migrations/postgres/0005_payments.sql"),
+    },
+    Migration {
+        name: "0006_catalog",
+        sqlite: include_str!("../migrations/sqlite/0006_catalog.sql"),
+        postgres: include_str!("../migrations/postgres/0006_catalog.sql"),
+    },
+    Migration {
+        name: "0007_limits",
+        sqlite: include_str!("../migrations/sqlite/0007_limits.sql"),
+        postgres: include_str!("../migrations/postgres/0007_limits.sql"),
+    },
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -40,6 +40,8 @@ pub struct UserRow {
     /// (password change or reset, sign-out everywhere).
     #[serde(skip)]
     pub auth_epoch: i64,
+    /// Rate limits over all of the user's keys.
+    pub limits: RateLimits,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -111,6 +113,43 @@ pub struct OAuthStateRow {
     pub expires_at: i64,
 }
 
+/// Rate limits of an API key or a user (`None` = unlimited); the budget
+/// (units per calendar period: `daily`, `weekly`, `monthly`) is for keys.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<String>,
+}
+
+impl RateLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == RateLimits::default()
+    }
+    pub fn to_text(&self) -> String {
+        if self.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+    pub fn from_text(s: &str) -> RateLimits {
+        if s.is_empty() {
+            RateLimits::default()
+        } else {
+            serde_json::from_str(s).unwrap_or_default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiKeyRow {
     pub id: i64,
@@ -129,6 +168,8 @@ pub struct ApiKeyRow {
     pub allowed_models: Vec<String>,
     pub allowed_ips: Vec<String>,
     pub created_at: i64,
+    #[serde(default)]
+    pub limits: RateLimits,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -141,6 +182,7 @@ pub struct NewApiKey {
     pub quota_limit: i64,
     pub allowed_models: Vec<String>,
     pub allowed_ips: Vec<String>,
+    pub limits: RateLimits,
 }
 
 /// Fields of a key that can be changed after creation; `None` keeps a field.
@@ -153,6 +195,7 @@ pub struct ApiKeyPatch {
     pub quota_limit: Option<i64>,
     pub allowed_models: Option<Vec<String>>,
     pub allowed_ips: Option<Vec<String>>,
+    pub limits: Option<RateLimits>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -263,6 +306,9 @@ pub struct PriceRow {
     /// USD per call (decimal text); empty = none.
     #[serde(default)]
     pub per_call: String,
+    /// USD per million cache-creation input tokens; empty = same as `input`.
+    #[serde(default)]
+    pub cache_write: String,
     pub updated_at: i64,
 }
 

@@ -68,8 +68,8 @@ pub(crate) fn conflict(what: &str) -> impl FnOnce(sqlx::Error) -> StorageError +
 
 pub(crate) const USER_COLS: &str = "id, username, password_hash, role, status, user_group, balance, used, request_count, created_at, \
      email, email_verified, display_name, google_id, totp_secret, totp_enabled, totp_last_step, register_region, language, \
-     managed_route, platform_fee, auth_epoch";
-const KEY_COLS: &str = "id, user_id, name, key_hash, key_hint, status, expires_at, quota_limit, used, allowed_models, allowed_ips, created_at";
+     managed_route, platform_fee, auth_epoch, limits";
+const KEY_COLS: &str = "id, user_id, name, key_hash, key_hint, status, expires_at, quota_limit, used, allowed_models, allowed_ips, created_at, limits";
 pub(crate) const CHANNEL_COLS: &str = "id, name, kind, base_url, api_keys, models, model_mapping, groups, priority, weight, status, created_at, disabled_reason, disabled_at, disabled_keys, proxy_url, timeout_secs, headers, api_version, native_responses";
 const LOG_COLS: &str = "id, request_id, user_id, key_id, channel_id, endpoint, model, upstream_model, prompt_tokens, completion_tokens, cached_tokens, cost, latency_ms, ttft_ms, is_stream, status, estimated, client_ip, error, created_at";
 
@@ -97,6 +97,7 @@ pub(crate) fn user_row(r: &AnyRow) -> Result<UserRow> {
         managed_route: r.try_get("managed_route")?,
         platform_fee: r.try_get("platform_fee")?,
         auth_epoch: r.try_get("auth_epoch")?,
+        limits: RateLimits::from_text(&r.try_get::<String, _>("limits")?),
     })
 }
 
@@ -114,6 +115,7 @@ fn key_row(r: &AnyRow) -> Result<ApiKeyRow> {
         allowed_models: text_to_list(&r.try_get::<String, _>("allowed_models")?),
         allowed_ips: text_to_list(&r.try_get::<String, _>("allowed_ips")?),
         created_at: r.try_get("created_at")?,
+        limits: RateLimits::from_text(&r.try_get::<String, _>("limits")?),
     })
 }
 
@@ -590,7 +592,7 @@ impl Store {
     pub async fn create_api_key(&self, k: &NewApiKey) -> Result<ApiKeyRow> {
         let row = sqlx::query(
             "INSERT INTO api_keys (user_id, name, key_hash, key_hint, expires_at, quota_limit, \
-             allowed_models, allowed_ips, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             allowed_models, allowed_ips, created_at, limits) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              RETURNING id",
         )
         .bind(k.user_id)
@@ -602,6 +604,7 @@ impl Store {
         .bind(list_to_text(&k.allowed_models))
         .bind(list_to_text(&k.allowed_ips))
         .bind(now_ms())
+        .bind(k.limits.to_text())
         .fetch_one(&self.write)
         .await
         .map_err(|e| match &e {
@@ -643,11 +646,15 @@ impl Store {
         rows.iter().map(key_row).collect()
     }
 
+    /// Changes a key; a deleted key (status -1) is not found.
     pub async fn update_api_key(&self, id: i64, p: &ApiKeyPatch) -> Result<ApiKeyRow> {
         let cur = self.api_key(id).await?;
+        if cur.status < 0 {
+            return Err(StorageError::NotFound(format!("key {id}")));
+        }
         sqlx::query(
             "UPDATE api_keys SET name = $1, status = $2, expires_at = $3, quota_limit = $4, \
-             allowed_models = $5, allowed_ips = $6 WHERE id = $7",
+             allowed_models = $5, allowed_ips = $6, limits = $8 WHERE id = $7 AND status >= 0",
         )
         .bind(p.name.clone().unwrap_or(cur.name))
         .bind(p.status.unwrap_or(cur.status))
@@ -660,6 +667,7 @@ impl Store {
             p.allowed_ips.as_ref().unwrap_or(&cur.allowed_ips),
         ))
         .bind(id)
+        .bind(p.limits.as_ref().unwrap_or(&cur.limits).to_text())
         .execute(&self.write)
         .await?;
         self.api_key(id).await
@@ -850,7 +858,7 @@ impl Store {
 
     pub async fn prices(&self) -> Result<Vec<PriceRow>> {
         let rows = sqlx::query(
-            "SELECT model, input, output, cached_input, per_call, updated_at FROM prices ORDER BY model",
+            "SELECT model, input, output, cached_input, per_call, cache_write, updated_at FROM prices ORDER BY model",
         )
         .fetch_all(&self.read)
         .await?;
@@ -862,6 +870,7 @@ impl Store {
                     output: r.try_get("output")?,
                     cached_input: r.try_get("cached_input")?,
                     per_call: r.try_get("per_call")?,
+                    cache_write: r.try_get("cache_write")?,
                     updated_at: r.try_get("updated_at")?,
                 })
             })
@@ -870,9 +879,10 @@ impl Store {
 
     pub async fn upsert_price(&self, p: &PriceRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO prices (model, input, output, cached_input, per_call, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO prices (model, input, output, cached_input, per_call, updated_at, cache_write) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (model) DO UPDATE SET input = excluded.input, output = excluded.output, \
-             cached_input = excluded.cached_input, per_call = excluded.per_call, updated_at = excluded.updated_at",
+             cached_input = excluded.cached_input, per_call = excluded.per_call, updated_at = excluded.updated_at, \
+             cache_write = excluded.cache_write",
         )
         .bind(&p.model)
         .bind(&p.input)
@@ -880,6 +890,7 @@ impl Store {
         .bind(&p.cached_input)
         .bind(&p.per_call)
         .bind(now_ms())
+        .bind(&p.cache_write)
         .execute(&self.write)
         .await?;
         Ok(())
@@ -889,8 +900,8 @@ impl Store {
     pub async fn seed_prices(&self, seed: &[PriceRow]) -> Result<()> {
         for p in seed {
             sqlx::query(
-                "INSERT INTO prices (model, input, output, cached_input, per_call, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (model) DO NOTHING",
+                "INSERT INTO prices (model, input, output, cached_input, per_call, updated_at, cache_write) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (model) DO NOTHING",
             )
             .bind(&p.model)
             .bind(&p.input)
@@ -898,6 +909,7 @@ impl Store {
             .bind(&p.cached_input)
             .bind(&p.per_call)
             .bind(now_ms())
+            .bind(&p.cache_write)
             .execute(&self.write)
             .await?;
         }

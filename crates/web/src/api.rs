@@ -269,6 +269,7 @@ fn user_json(u: &UserRow) -> Value {
         "group": u.group, "balance": u.balance, "balance_usd": billing::units_to_usd(u.balance),
         "used": u.used, "used_usd": billing::units_to_usd(u.used),
         "request_count": u.request_count, "created_at": u.created_at,
+        "limits": u.limits,
     })
 }
 
@@ -385,6 +386,8 @@ struct UserPatch {
     status: Option<i64>,
     group: Option<String>,
     password: Option<String>,
+    /// Rate limits over all of the user's keys (`{}` removes them).
+    limits: Option<storage::RateLimits>,
 }
 
 async fn user_patch(
@@ -424,6 +427,14 @@ async fn user_patch(
         accounts::check_password(pw).map_err(|e| ApiError::bad(e.to_string()))?;
         let h = accounts::hash_password(pw).map_err(|e| ApiError::bad(e.to_string()))?;
         s.store.change_password(id, &h).await?;
+    }
+    if let Some(l) = &p.limits {
+        if l.budget.is_some() || l.budget_period.is_some() {
+            return Err(ApiError::bad(
+                "budgets are set per API key; a user's limits are rpm, tpm and concurrency",
+            ));
+        }
+        s.store.set_user_limits(id, l).await?;
     }
     reload(&s).await?;
     Ok(Json(json!({"data": user_json(&s.store.user(id).await?)})))
@@ -562,7 +573,18 @@ async fn channels_create(
     Ok(Json(json!({"data": channel_json(&row)})))
 }
 
+/// The operator's channels have positive ids; managed users' own channels
+/// are reached through their own endpoints only.
+fn operator_channel(id: i64) -> Result<i64, ApiError> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(ApiError::not_found(format!("channel {id}")))
+    }
+}
+
 async fn channel_get(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) -> ApiResult {
+    let id = operator_channel(id)?;
     Ok(Json(
         json!({"data": channel_json(&s.store.channel(id).await?)}),
     ))
@@ -574,6 +596,7 @@ async fn channel_patch(
     Path(id): Path<i64>,
     Body(p): Body<ChannelPatch>,
 ) -> ApiResult {
+    let id = operator_channel(id)?;
     let row = relay::channels::update(&s.store, id, p).await?;
     reload(&s).await?;
     Ok(Json(json!({"data": channel_json(&row)})))
@@ -581,6 +604,7 @@ async fn channel_patch(
 
 /// Sends one tiny request through the channel and reports the result.
 async fn channel_test(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) -> ApiResult {
+    let id = operator_channel(id)?;
     let r = s
         .relay
         .test_channel(id)
@@ -590,6 +614,7 @@ async fn channel_test(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) 
 }
 
 async fn channel_delete(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) -> ApiResult {
+    let id = operator_channel(id)?;
     s.store.delete_channel(id).await?;
     reload(&s).await?;
     Ok(Json(json!({"deleted": id})))
@@ -608,6 +633,10 @@ struct PriceBody {
     output: String,
     #[serde(default)]
     cached_input: String,
+    /// USD per million cache-creation input tokens; absent or empty = the
+    /// input price.
+    #[serde(default)]
+    cache_write: String,
     /// USD per call; absent or empty = none.
     #[serde(default)]
     per_call: String,
@@ -625,13 +654,14 @@ async fn price_put(
         &p.input,
         &p.output,
         &p.cached_input,
+        &p.cache_write,
         &p.per_call,
     )
     .await?;
     reload(&s).await?;
     Ok(Json(
         json!({"model": model, "input": p.input, "output": p.output,
-        "cached_input": p.cached_input, "per_call": p.per_call}),
+        "cached_input": p.cached_input, "cache_write": p.cache_write, "per_call": p.per_call}),
     ))
 }
 

@@ -5,10 +5,15 @@
 
 mod api;
 pub mod auth;
+mod catalog;
 mod client_ip;
 mod google;
+pub mod guard_layer;
 mod managed;
 mod openai_routes;
+mod openapi;
+mod payments;
+mod stats;
 
 use std::sync::Arc;
 
@@ -19,6 +24,9 @@ use storage::Store;
 
 pub use auth::{AccountsConfig, AccountsRuntime, GoogleConfig};
 pub use client_ip::TrustedProxies;
+pub use payments::{
+    AmountDiscount, EpayConfig, PaymentsConfig, PaymentsRuntime, StripeConfig, Text as ConfigText,
+};
 
 /// Settings of the HTTP layer.
 #[derive(Clone, Debug)]
@@ -34,6 +42,10 @@ pub struct AppState {
     pub store: Store,
     pub cfg: Arc<WebConfig>,
     pub accounts: Arc<AccountsRuntime>,
+    /// Autoban, rate limits and budgets.
+    pub guard: guard::Guard,
+    /// Top-up providers and limits (`[payments]`).
+    pub payments: Arc<PaymentsRuntime>,
 }
 
 /// A new request id: 32 hex digits, the time in ms, then a per-process
@@ -99,14 +111,26 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(api::readyz))
+        .route("/api/openapi.json", get(openapi::document))
         .nest(
             "/api",
             api::router()
                 .merge(auth::router())
                 .merge(google::router())
-                .merge(managed::router()),
+                .merge(managed::router())
+                .merge(payments::router())
+                .merge(catalog::router())
+                .merge(stats::router())
+                .merge(guard_layer::router())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    guard_layer::api_layer,
+                )),
         )
-        .merge(auth::pages())
+        .merge(auth::pages().layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard_layer::api_layer,
+        )))
         .fallback(openai_routes::not_found)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)

@@ -110,6 +110,7 @@ async fn set_managed(
 
 /// Admin: a user's own channels.
 async fn owner_channels(State(s): State<AppState>, _: Admin, Path(id): Path<i64>) -> ApiResult {
+    s.store.user(id).await?;
     let rows = s.store.user_channels(Some(id)).await?;
     Ok(Json(
         json!({"data": rows.iter().map(own_json).collect::<Vec<_>>()}),

@@ -81,7 +81,12 @@ pub fn error_response_in(api: Api, e: &RelayError, id: &str) -> Response {
         resp.headers_mut()
             .insert("x-should-retry", HeaderValue::from_static("false"));
     }
-    if e.kind == ErrorKind::InvalidKey {
+    if let Some(secs) = e.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    if matches!(e.kind, ErrorKind::InvalidKey | ErrorKind::UnknownKey) {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
@@ -110,6 +115,53 @@ async fn relay_call(
 ) -> Response {
     let api = endpoint.api();
     let id = request_id();
+    let ip = state.cfg.proxies.client_ip(peer.ip(), req.headers());
+    if let Some(ban) = state.guard.check_ip(ip).await {
+        let e = RelayError::new(ErrorKind::IpBanned, crate::guard_layer::ban_message(&ban))
+            .with_retry_after(ban.retry_after_secs);
+        return error_response_in(api, &e, &id);
+    }
+    let resp = relay_inner(&state, endpoint, peer, req, model, stream, api, &id).await;
+    // abuse accounting: unknown keys and runs of out-of-balance answers per
+    // address; a success costs nothing unless this node saw a run open
+    let guard = &state.guard;
+    let verdict = match resp.1 {
+        Some(ErrorKind::UnknownKey) => guard.note_unknown_key(ip).await,
+        Some(ErrorKind::InsufficientBalance | ErrorKind::KeyQuotaExceeded) => {
+            guard
+                .note_relay_result(ip, guard::RelayStatus::InsufficientQuota)
+                .await
+        }
+        Some(_) => guard::Verdict::Allow,
+        None => {
+            guard
+                .note_relay_result(ip, guard::RelayStatus::Success)
+                .await
+        }
+    };
+    match verdict {
+        // the request that crosses the limit is the first one refused
+        guard::Verdict::Banned(ban) if resp.1.is_some() => {
+            let e = RelayError::new(ErrorKind::IpBanned, crate::guard_layer::ban_message(&ban))
+                .with_retry_after(ban.retry_after_secs);
+            error_response_in(api, &e, &id)
+        }
+        _ => resp.0,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_inner(
+    state: &AppState,
+    endpoint: Endpoint,
+    peer: SocketAddr,
+    req: Request,
+    model: Option<String>,
+    stream: Option<bool>,
+    api: relay::formats::Api,
+    id: &str,
+) -> (Response, Option<ErrorKind>) {
+    let id = id.to_string();
     let (parts, body) = req.into_parts();
     let limit = state.relay.cfg.max_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {
@@ -121,7 +173,7 @@ async fn relay_call(
                     "The request body is larger than this service accepts ({limit} bytes), or it could not be read."
                 ),
             );
-            return error_response_in(api, &e, &id);
+            return (error_response_in(api, &e, &id), Some(e.kind));
         }
     };
     let inb = Inbound {
@@ -164,9 +216,14 @@ async fn relay_call(
                         .into_response()
                 }
             };
-            with_request_id(resp, &id)
+            let mut resp = with_request_id(resp, &id);
+            if let Some(v) = out.cost_usd.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut()
+                    .insert(header::HeaderName::from_static("x-cost-usd"), v);
+            }
+            (resp, None)
         }
-        Err(e) => error_response_in(api, &e, &id),
+        Err(e) => (error_response_in(api, &e, &id), Some(e.kind)),
     }
 }
 

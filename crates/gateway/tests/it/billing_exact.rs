@@ -24,6 +24,7 @@ async fn concurrent_requests_never_overdraw() {
             &price,
             billing::Decimal::ONE,
             billing::Usage {
+                cache_write: 0,
                 prompt: p,
                 completion: c,
                 cached: 0,
@@ -33,6 +34,7 @@ async fn concurrent_requests_never_overdraw() {
             &price,
             billing::Decimal::ONE,
             billing::Usage {
+                cache_write: 0,
                 prompt: serde_json::to_vec(&body).unwrap().len() as u64,
                 completion: 20,
                 cached: 0,
@@ -186,5 +188,80 @@ async fn failed_upstream_calls_are_refunded_in_full() {
     assert_eq!(w.held(), 0);
     assert_eq!(w.available(), 1_000_000);
     t.assert_ledger_ok().await;
+    t.finish().await;
+}
+
+/// `usage.cost` (OpenRouter's convention) and `x-cost-usd`: present when the
+/// client asks with `"usage": {"include": true}` or the operator turns it on
+/// for everyone, and equal to what was charged.
+#[tokio::test]
+async fn cost_is_reported_when_asked() {
+    for b in backends() {
+        let t = TestApp::spawn(b).await;
+        t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+        let (uid, key) = t.user_with_key("payer", "5").await;
+        let usd = |units: i64| billing::units_to_usd(units).parse::<f64>().unwrap();
+
+        // not asked: nothing extra
+        let r = t.chat(&key, &request()).await;
+        assert!(r.headers().get("x-cost-usd").is_none());
+        let v: Value = r.json().await.unwrap();
+        assert!(v["usage"].get("cost").is_none(), "{v}");
+
+        // asked, not streamed: body and header carry the charged cost
+        let mut body = request();
+        body["usage"] = json!({"include": true});
+        let r = t.chat(&key, &body).await;
+        assert_eq!(r.status(), 200);
+        let header = r.headers()["x-cost-usd"].to_str().unwrap().to_string();
+        let v: Value = r.json().await.unwrap();
+        let charged = t.last_log(uid).await.cost;
+        assert!(charged > 0);
+        assert_eq!(header, billing::units_to_usd(charged));
+        assert_eq!(v["usage"]["cost"].as_f64().unwrap(), usd(charged), "{v}");
+
+        // asked, streamed, without stream_options: the final usage event has it
+        let mut body = request();
+        body["stream"] = json!(true);
+        body["usage"] = json!({"include": true});
+        let text = t.chat(&key, &body).await.text().await.unwrap();
+        let events: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        let last = events.last().unwrap();
+        assert_eq!(
+            last["choices"],
+            json!([]),
+            "the usage event comes last: {text}"
+        );
+        let charged = t.last_log(uid).await.cost;
+        assert_eq!(
+            last["usage"]["cost"].as_f64().unwrap(),
+            usd(charged),
+            "{text}"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.get("usage").is_some_and(|u| !u.is_null()))
+                .count(),
+            1
+        );
+        t.assert_ledger_ok().await;
+        t.finish().await;
+    }
+    // the operator reports cost on every answer
+    let t = TestApp::spawn_with(Backend::Sqlite, |c| c.relay.report_cost = true).await;
+    t.add_mock_channel("mock", &["gpt-4o-mini"], 0).await;
+    let (uid, key) = t.user_with_key("payer", "5").await;
+    let r = t.chat(&key, &request()).await;
+    let header = r.headers()["x-cost-usd"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(header, billing::units_to_usd(t.last_log(uid).await.cost));
+    assert!(v["usage"]["cost"].as_f64().unwrap() > 0.0);
     t.finish().await;
 }

@@ -224,6 +224,7 @@ async fn fallback_models_serve_when_every_channel_of_the_first_fails() {
         &mini,
         billing::Decimal::ONE,
         billing::Usage {
+            cache_write: 0,
             prompt: p,
             completion: c,
             cached: 0,

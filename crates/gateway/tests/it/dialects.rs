@@ -38,6 +38,7 @@ fn cost(prompt: u64, completion: u64, cached: u64) -> i64 {
         &p,
         billing::Decimal::ONE,
         billing::Usage {
+            cache_write: 0,
             prompt,
             completion,
             cached,

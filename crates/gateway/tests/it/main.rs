@@ -9,14 +9,20 @@
     clippy::print_stdout
 )]
 
+mod abuse;
 mod accounts_flows;
 mod billing_exact;
+mod catalog;
 mod channels;
 mod cli;
 mod dialects;
 mod errors;
+mod managed_mode;
 mod passthrough;
+mod payments;
 mod python_sdk;
 mod relay_openai;
+mod roles;
+mod stats;
 mod storage_suite;
 mod streams;

@@ -17,6 +17,7 @@ fn price_units(
         &p,
         billing::Decimal::ONE,
         billing::Usage {
+            cache_write: 0,
             prompt,
             completion,
             cached,

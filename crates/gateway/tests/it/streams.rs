@@ -150,6 +150,7 @@ async fn client_disconnect_mid_stream_still_bills_what_the_upstream_produced() {
         &price,
         billing::Decimal::ONE,
         billing::Usage {
+            cache_write: 0,
             prompt: p,
             completion: c,
             cached: 0,

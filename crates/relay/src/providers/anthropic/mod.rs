@@ -140,6 +140,7 @@ impl AnthropicCounts {
 
     fn usage(self) -> Usage {
         Usage {
+            cache_write: self.cache_creation,
             prompt: self
                 .input
                 .saturating_add(self.cache_read)
@@ -153,7 +154,8 @@ impl AnthropicCounts {
 /// Usage of an Anthropic response/usage object in the gateway's terms:
 /// prompt = input_tokens + cache_read_input_tokens +
 /// cache_creation_input_tokens, cached = cache_read_input_tokens,
-/// completion = output_tokens. `None` when it holds no counter.
+/// completion = output_tokens, cache_write = cache_creation_input_tokens
+/// (billed at the cache-write price). `None` when it holds no counter.
 pub fn anthropic_usage(usage: &Value) -> Option<Usage> {
     let mut c = AnthropicCounts::default();
     c.update(usage).then(|| c.usage())
@@ -184,6 +186,7 @@ fn chat_usage(usage: &Value) -> Option<Usage> {
         .unwrap_or(0);
     let prompt = prompt.unwrap_or(0);
     Some(Usage {
+        cache_write: 0,
         prompt,
         completion: completion.unwrap_or(0),
         cached: cached.min(prompt),
@@ -2152,6 +2155,7 @@ mod tests {
             anthropic_usage(&json!({"input_tokens": 100, "cache_read_input_tokens": 50,
                 "cache_creation_input_tokens": 10, "output_tokens": 7})),
             Some(Usage {
+                cache_write: 10,
                 prompt: 160,
                 completion: 7,
                 cached: 50
@@ -2160,6 +2164,7 @@ mod tests {
         assert_eq!(
             anthropic_usage(&json!({"input_tokens": 3, "output_tokens": 4})),
             Some(Usage {
+                cache_write: 0,
                 prompt: 3,
                 completion: 4,
                 cached: 0
@@ -2334,6 +2339,7 @@ mod tests {
         assert_eq!(
             s.usage(),
             Some(Usage {
+                cache_write: 10,
                 prompt: 160,
                 completion: 87,
                 cached: 50
@@ -2349,6 +2355,7 @@ mod tests {
         assert_eq!(
             s.usage(),
             Some(Usage {
+                cache_write: 10,
                 prompt: 160,
                 completion: 87,
                 cached: 50
@@ -2836,6 +2843,7 @@ mod tests {
         assert_eq!(
             s.usage(),
             Some(Usage {
+                cache_write: 0,
                 prompt: 120,
                 completion: 40,
                 cached: 20
@@ -3023,11 +3031,13 @@ mod tests {
         );
         assert_eq!(back["content"][2], orig["content"][3]);
         assert_eq!(back["content"][3], orig["content"][4]);
-        // Cache creation folds into plain input tokens: the totals agree.
-        assert_eq!(
-            back.get("usage").and_then(anthropic_usage),
-            orig.get("usage").and_then(anthropic_usage)
-        );
+        // Cache creation folds into plain input tokens (the chat format has
+        // no cache-write counter): the totals agree, the cache-write share is gone.
+        let orig_usage = orig.get("usage").and_then(anthropic_usage).map(|u| Usage {
+            cache_write: 0,
+            ..u
+        });
+        assert_eq!(back.get("usage").and_then(anthropic_usage), orig_usage);
     }
 
     #[test]

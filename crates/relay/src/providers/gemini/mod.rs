@@ -192,6 +192,7 @@ pub fn gemini_usage(usage_metadata: &Value) -> Option<billing::Usage> {
         return None;
     }
     Some(billing::Usage {
+        cache_write: 0,
         prompt: count(usage_metadata, "promptTokenCount")
             + count(usage_metadata, "toolUsePromptTokenCount"),
         completion: count(usage_metadata, "candidatesTokenCount")
@@ -220,6 +221,7 @@ fn billing_from_chat_usage(u: &Value) -> Option<billing::Usage> {
         return None;
     }
     Some(billing::Usage {
+        cache_write: 0,
         prompt: prompt.unwrap_or(0),
         completion: completion.unwrap_or(0),
         cached: u
@@ -2132,6 +2134,7 @@ mod tests {
         assert_eq!(
             u,
             billing::Usage {
+                cache_write: 0,
                 prompt: 12,
                 completion: 10,
                 cached: 4
@@ -2142,6 +2145,7 @@ mod tests {
         assert_eq!(
             snake,
             billing::Usage {
+                cache_write: 0,
                 prompt: 1,
                 completion: 2,
                 cached: 0
@@ -2236,6 +2240,7 @@ mod tests {
         assert_eq!(
             s.usage(),
             Some(billing::Usage {
+                cache_write: 0,
                 prompt: 10,
                 completion: 12,
                 cached: 3
@@ -2258,6 +2263,7 @@ mod tests {
         assert_eq!(
             s.usage(),
             Some(billing::Usage {
+                cache_write: 0,
                 prompt: 10,
                 completion: 12,
                 cached: 3
@@ -2649,6 +2655,7 @@ mod tests {
         assert_eq!(
             s.usage(),
             Some(billing::Usage {
+                cache_write: 0,
                 prompt: 30,
                 completion: 12,
                 cached: 0

@@ -107,6 +107,7 @@ pub fn responses_usage(usage: &Value) -> Option<Usage> {
         .and_then(Value::as_u64)
         .unwrap_or(0);
     Some(Usage {
+        cache_write: 0,
         prompt,
         completion: completion.unwrap_or(0),
         cached: cached.min(prompt),
@@ -134,6 +135,7 @@ fn chat_usage(usage: &Value) -> Option<(Usage, u64)> {
         .and_then(Value::as_u64)
         .unwrap_or(0);
     let usage = Usage {
+        cache_write: 0,
         prompt,
         completion: completion.unwrap_or(0),
         cached: cached.min(prompt),
