@@ -368,3 +368,257 @@ async fn two_nodes_share_bans_limits_and_key_changes_through_redis() {
     b.shutdown().await;
     a.finish().await;
 }
+
+/// A gateway node as operators run it: the real binary, its own process.
+struct Node {
+    child: tokio::process::Child,
+    base: String,
+}
+
+impl Node {
+    async fn start(db: &str, redis: &str, prefix: &str) -> Node {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gpt-api-proxy"))
+            .env_remove("DATABASE_URL")
+            .env_remove("GAP_CONFIG")
+            .env("GAP__DATABASE__URL", db)
+            .env("GAP__SERVER__LISTEN", "127.0.0.1:0")
+            .env("GAP__ADMIN__PASSWORD", "root-password-for-tests")
+            .env("GAP__LOG__FORMAT", "text")
+            .env("GAP__LOG__LEVEL", "info")
+            .env("GAP__REDIS__URL", redis)
+            .env("GAP__REDIS__KEY_PREFIX", prefix)
+            .env("GAP__RELAY__REFRESH_SECS", "0")
+            .env("GAP__GUARD__UNKNOWN_KEY__LIMIT", "3")
+            .env("GAP__GUARD__UNKNOWN_KEY__WINDOW_SECS", "60")
+            .env("GAP__GUARD__UNKNOWN_KEY__BAN_SECS", "30")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut err_lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let find = |l: &str| {
+            l.split("listening on http://").nth(1).map(|rest| {
+                rest.split(|c: char| c.is_whitespace() || c == '"' || c == ' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+        };
+        let base = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                tokio::select! {
+                    l = lines.next_line() => {
+                        if let Some(a) = l.unwrap().as_deref().and_then(find) { return a; }
+                    }
+                    l = err_lines.next_line() => {
+                        if let Some(a) = l.unwrap().as_deref().and_then(find) { return a; }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the node announces its address");
+        // keep draining its output so it never blocks on a full pipe
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move { while let Ok(Some(_)) = err_lines.next_line().await {} });
+        Node {
+            child,
+            base: format!("http://{base}"),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+}
+
+/// Two gateway processes on one database and one Redis: a key made or
+/// disabled on one is honoured by the other, limits and bans hold across
+/// them, and balances stay exact under load spread over both.
+#[tokio::test]
+async fn two_gateway_processes_on_one_database_and_redis() {
+    let Some(redis) = redis_url() else {
+        eprintln!("note: TEST_REDIS_URL is not set; the two-process test was not run");
+        return;
+    };
+    let backend = if test_support::postgres_url().is_some() {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    let db = test_support::TestDb::new(backend).await;
+    let mock = mock_upstream::MockUpstream::start().await.unwrap();
+    let prefix = format!("gap_p_{}", storage::now_ms());
+    let a = Node::start(&db.url, &redis, &prefix).await;
+    let b = Node::start(&db.url, &redis, &prefix).await;
+    relay::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let token = http
+        .post(format!("{}/api/auth/login", a.base))
+        .json(&json!({"username": "root", "password": "root-password-for-tests"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin = |path: &str, body: Value| {
+        http.post(format!("{}{path}", a.base))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let r = admin(
+        "/api/channels",
+        json!({"name": "m", "base_url": mock.base_url(), "api_keys": ["sk-mock-good"], "models": ["gpt-4o-mini"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = admin(
+        "/api/users",
+        json!({"username": "p", "password": "password123", "balance_usd": "5"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let uid = v["data"]["id"].as_i64().unwrap();
+    let v: Value = admin("/api/keys", json!({"user_id": uid, "name": "k"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = v["key"].as_str().unwrap().to_string();
+    let kid = v["data"]["id"].as_i64().unwrap();
+    let chat = |node: &str, k: &str| {
+        http.post(format!("{node}/v1/chat/completions"))
+            .bearer_auth(k)
+            .json(&chat_body())
+            .send()
+    };
+    // B serves the key created through A within a second
+    let mut ok200 = 0usize;
+    let started = std::time::Instant::now();
+    while chat(&b.base, &key).await.unwrap().status() != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B does not know the new key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ok200 += 1;
+    // disabled through A: refused by B within a second
+    let r = http
+        .patch(format!("{}/api/keys/{kid}", a.base))
+        .bearer_auth(&token)
+        .json(&json!({"status": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    loop {
+        let st = chat(&b.base, &key).await.unwrap().status();
+        if st == 401 {
+            break;
+        }
+        if st == 200 {
+            ok200 += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "B still accepts the disabled key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    http.patch(format!("{}/api/keys/{kid}", a.base))
+        .bearer_auth(&token)
+        .json(&json!({"status": 1}))
+        .send()
+        .await
+        .unwrap();
+    // a limit of 2 a minute counts requests on both processes
+    let v: Value = admin(
+        "/api/keys",
+        json!({"user_id": uid, "name": "rpm", "limits": {"rpm": 2}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let limited = v["key"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(chat(&a.base, &limited).await.unwrap().status(), 200);
+    assert_eq!(chat(&b.base, &limited).await.unwrap().status(), 200);
+    assert_eq!(chat(&b.base, &limited).await.unwrap().status(), 429);
+    assert_eq!(chat(&a.base, &limited).await.unwrap().status(), 429);
+    // load spread over both: every success charged once, the books balance
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answers = futures_util::future::join_all((0..60).map(|i| {
+        let node = if i % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        let (http, key) = (http.clone(), key.clone());
+        async move {
+            http.post(format!("{node}/v1/chat/completions"))
+                .bearer_auth(key)
+                .json(&chat_body())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    ok200 += answers.len() + 2;
+    // guessing keys on A gets the address refused by B
+    for i in 0..4 {
+        chat(&a.base, &format!("sk-guess-{i}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(chat(&b.base, &key).await.unwrap().status(), 403);
+    a.stop().await;
+    b.stop().await;
+    // both flushed their writes on the way out
+    let store = storage::Store::connect(&db.url).await.unwrap();
+    let logs = store
+        .logs(&storage::LogFilter {
+            user_id: Some(uid),
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: std::collections::HashSet<&str> = logs.iter().map(|l| l.request_id.as_str()).collect();
+    assert_eq!(ids.len(), logs.len(), "a request logged twice");
+    let served = logs.iter().filter(|l| l.status == 200).count();
+    assert_eq!(served, ok200, "every success logged once");
+    let rows = store.ledger_check().await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.is_consistent()),
+        "ledger check: {rows:?}"
+    );
+    assert!(store.key_check().await.unwrap().is_empty(), "key check");
+    store.close().await;
+    mock.shutdown();
+    db.cleanup().await;
+}
