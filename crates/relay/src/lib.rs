@@ -21,5 +21,7 @@ pub mod writer;
 pub use cache::{KeyEntry, Snapshot, UserEntry};
 pub use config::RelayConfig;
 pub use error::{ErrorKind, RelayError};
-pub use proxy::{ChannelTest, Endpoint, Inbound, OutBody, Outbound, RELOAD_CHANNEL, Relay};
+pub use proxy::{
+    ChannelTest, Endpoint, Inbound, OutBody, Outbound, RELOAD_CHANNEL, Relay, deny_text,
+};
 pub use upstream::install_crypto_provider;

@@ -1623,7 +1623,7 @@ fn take_meter(m: &mut Meter) -> Meter {
 pub const RELOAD_CHANNEL: &str = "gap:reload";
 
 /// What a limit refusal is about, in words.
-fn deny_text(r: guard::DenyReason) -> &'static str {
+pub fn deny_text(r: guard::DenyReason) -> &'static str {
     use guard::DenyReason::*;
     match r {
         KeyRpm => "requests per minute of this API key",

@@ -52,25 +52,10 @@ pub fn ban_message(ban: &Ban) -> String {
     )
 }
 
-/// What a limit refusal is about, in words.
-pub fn deny_what(d: &Deny) -> &'static str {
-    use guard::DenyReason::*;
-    match d.reason {
-        KeyRpm => "requests per minute of this API key",
-        UserRpm => "requests per minute of your account",
-        KeyTpm => "tokens per minute of this API key",
-        UserTpm => "tokens per minute of your account",
-        KeyConcurrency => "requests at once with this API key",
-        UserConcurrency => "requests at once for your account",
-        KeyBudget => "the spending budget of this API key for the period",
-        UserAllowance => "management requests per hour of your account",
-    }
-}
-
 pub fn deny_message(d: &Deny) -> String {
     format!(
         "Limit reached: {}; retry in {}.",
-        deny_what(d),
+        relay::deny_text(d.reason),
         human_secs(d.retry_after_secs)
     )
 }
