@@ -622,3 +622,105 @@ async fn two_gateway_processes_on_one_database_and_redis() {
     mock.shutdown();
     db.cleanup().await;
 }
+
+/// A private `redis-server` (never the shared one) that the test stops.
+async fn private_redis(port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server is installed where TEST_REDIS_URL is set");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the private redis-server did not start");
+}
+
+/// Redis going away at run time: requests keep being served (limits and
+/// bans fail open, counted), and the rules work again once it is back.
+#[tokio::test]
+async fn requests_are_served_while_redis_is_away_and_rules_resume_after() {
+    if redis_url().is_none() {
+        eprintln!("note: TEST_REDIS_URL is not set; the Redis outage test was not run");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = private_redis(port).await;
+    let t = TestApp::spawn_with(Backend::Sqlite, move |c| {
+        quick_rules(c);
+        c.redis.url = format!("redis://127.0.0.1:{port}/");
+    })
+    .await;
+    t.add_mock_channel("m", &["gpt-4o-mini"], 0).await;
+    let (_, key) = t.user_with_key("u", "5").await;
+    assert_eq!(t.chat(&key, &chat_body()).await.status(), 200);
+    assert_eq!(t.app.guard.metrics().redis_connected, Some(true));
+
+    redis.kill().await.unwrap();
+    let _ = redis.wait().await;
+    for _ in 0..5 {
+        assert_eq!(
+            t.chat(&key, &chat_body()).await.status(),
+            200,
+            "served without Redis"
+        );
+    }
+    // key guessing is not counted meanwhile (fail open), and it is counted as such
+    for i in 0..5 {
+        assert_eq!(
+            t.chat(&format!("sk-guess-{i}"), &chat_body())
+                .await
+                .status(),
+            401
+        );
+    }
+    let m = t.app.guard.metrics();
+    assert!(m.fail_open > 0 && m.redis_errors > 0, "{m:?}");
+
+    let _redis = private_redis(port).await;
+    let started = std::time::Instant::now();
+    while t.app.guard.metrics().redis_connected != Some(true) {
+        // the guard reconnects on its own, prompted by use
+        t.chat(&key, &chat_body()).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no reconnection"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        assert_eq!(
+            t.chat(&format!("sk-again-{i}"), &chat_body())
+                .await
+                .status(),
+            401
+        );
+    }
+    assert_eq!(
+        t.chat("sk-again-3", &chat_body()).await.status(),
+        403,
+        "bans work again"
+    );
+    t.finish().await;
+}
