@@ -316,6 +316,35 @@ impl CpuProbe {
     }
 }
 
+/// The measured process and, optionally, a second one (e.g. the Redis server
+/// the measured process talks to), probed over the same window.
+struct Probes {
+    main: Option<CpuProbe>,
+    also: Option<CpuProbe>,
+}
+
+impl Probes {
+    fn start(cpu: Option<(u32, u64)>, also: Option<(u32, u64)>) -> anyhow::Result<Probes> {
+        Ok(Probes {
+            main: CpuProbe::start(cpu)?,
+            also: CpuProbe::start(also)?,
+        })
+    }
+
+    /// `cpu` (null without `--pid`) and, with `--also-pid`, `cpu_also`.
+    fn finish(self, stats: &Stats, out: &mut Value) -> anyhow::Result<()> {
+        let cpu = match self.main {
+            Some(p) => p.finish(stats)?,
+            None => Value::Null,
+        };
+        out["cpu"] = cpu;
+        if let Some(p) = self.also {
+            out["cpu_also"] = p.finish(stats)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct RateOpts {
     pub rps: u64,
     pub duration: f64,
@@ -379,21 +408,22 @@ async fn run_rate(
     })
 }
 
-pub async fn rate(t: &Arc<Target>, o: RateOpts, cpu: Option<(u32, u64)>) -> anyhow::Result<Value> {
+pub async fn rate(
+    t: &Arc<Target>,
+    o: RateOpts,
+    cpu: Option<(u32, u64)>,
+    also: Option<(u32, u64)>,
+) -> anyhow::Result<Value> {
     if o.rps == 0 {
         bail!("--rps must be positive");
     }
     if o.warmup > 0.0 {
         run_rate(t, o.rps, o.warmup, o.max_inflight).await?;
     }
-    let probe = CpuProbe::start(cpu)?;
+    let probes = Probes::start(cpu, also)?;
     let mut run = run_rate(t, o.rps, o.duration, o.max_inflight).await?;
-    let cpu = match probe {
-        Some(p) => p.finish(&run.stats)?,
-        None => Value::Null,
-    };
     let secs = run.elapsed.as_secs_f64();
-    Ok(json!({
+    let mut out = json!({
         "mode": "rate",
         "url": t.url.as_str(),
         "target_rps": o.rps,
@@ -408,8 +438,10 @@ pub async fn rate(t: &Arc<Target>, o: RateOpts, cpu: Option<(u32, u64)>) -> anyh
         "latency_us": summary(&mut run.stats.latencies_us),
         "events": run.stats.events,
         "bytes": run.stats.bytes,
-        "cpu": cpu,
-    }))
+        "cpu": null,
+    });
+    probes.finish(&run.stats, &mut out)?;
+    Ok(out)
 }
 
 pub struct ClosedOpts {
@@ -456,18 +488,15 @@ pub async fn closed(
     t: &Arc<Target>,
     o: ClosedOpts,
     cpu: Option<(u32, u64)>,
+    also: Option<(u32, u64)>,
 ) -> anyhow::Result<Value> {
     if o.warmup > 0.0 {
         run_closed(t, o.concurrency, o.warmup, None).await?;
     }
-    let probe = CpuProbe::start(cpu)?;
+    let probes = Probes::start(cpu, also)?;
     let (mut stats, elapsed) = run_closed(t, o.concurrency, o.duration, o.requests).await?;
-    let cpu = match probe {
-        Some(p) => p.finish(&stats)?,
-        None => Value::Null,
-    };
     let secs = elapsed.as_secs_f64();
-    Ok(json!({
+    let mut out = json!({
         "mode": "closed",
         "url": t.url.as_str(),
         "concurrency": o.concurrency,
@@ -480,8 +509,10 @@ pub async fn closed(
         "latency_us": summary(&mut stats.latencies_us),
         "events": stats.events,
         "bytes": stats.bytes,
-        "cpu": cpu,
-    }))
+        "cpu": null,
+    });
+    probes.finish(&stats, &mut out)?;
+    Ok(out)
 }
 
 pub async fn ttft(t: &Arc<Target>, n: usize, warmup: usize) -> anyhow::Result<Value> {

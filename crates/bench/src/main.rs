@@ -13,7 +13,9 @@
 //!   ones have finished, up to `--max-inflight`; a request that would exceed
 //!   it is counted as `skipped`. With `--pid` the CPU time (utime + stime
 //!   from `/proc/PID/stat`) that process used during the measured window is
-//!   reported, and divided by completed requests and by stream events.
+//!   reported, and divided by completed requests and by stream events;
+//!   `--also-pid` does the same for a second process (`cpu_also`), e.g. the
+//!   Redis server the gateway keeps its limit counters in.
 //! * `closed` — closed loop: `--concurrency` workers each send the next
 //!   request as soon as the previous one finished, for `--duration` seconds
 //!   or `--requests` requests in total.
@@ -22,11 +24,16 @@
 //!   is a non-empty string, and time to the end of the stream.
 //! * `report` — reads the result files written by `scripts/bench.sh` and
 //!   prints the gateway-versus-direct table, and writes it as JSON.
+//! * `proxy` — not a load mode: the minimal HTTP/1.1 JSON proxy (hyper on
+//!   both sides, bodies buffered, nothing else) that the script measures like
+//!   the gateway, as the floor of what relaying a request costs.
 
 mod load;
+mod proxy;
 mod report;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -92,6 +99,19 @@ enum Mode {
         #[arg(long, default_value_t = 50)]
         warmup: usize,
     },
+    /// Minimal HTTP/1.1 JSON proxy to one upstream (the benchmark's floor).
+    Proxy {
+        /// Address to listen on; the bound address is printed as
+        /// `gap-bench proxy listening on http://ADDR`.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Upstream origin (optionally with a path prefix), e.g. http://127.0.0.1:9000
+        #[arg(long)]
+        upstream: String,
+        /// Tokio worker threads (default: TOKIO_WORKER_THREADS, else one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
     /// Print the gateway-versus-direct table from a results directory and write it as JSON.
     Report {
         /// Directory with the `METRIC.TARGET.json` files written by scripts/bench.sh.
@@ -127,6 +147,10 @@ struct CpuArgs {
     /// Process whose CPU time to measure over the measured window.
     #[arg(long)]
     pid: Option<u32>,
+    /// A second process whose CPU time over the same window is reported as
+    /// `cpu_also` (e.g. the Redis server the measured process uses).
+    #[arg(long)]
+    also_pid: Option<u32>,
     /// Clock ticks per second of /proc/PID/stat (`getconf CLK_TCK`).
     #[arg(long, default_value_t = 100)]
     clk_tck: u64,
@@ -134,6 +158,14 @@ struct CpuArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Mode::Proxy {
+        listen,
+        upstream,
+        workers,
+    } = &cli.mode
+    {
+        return proxy::run(*listen, upstream, *workers);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -156,6 +188,7 @@ fn main() -> anyhow::Result<()> {
                     max_inflight,
                 },
                 cpu.pid.map(|p| (p, cpu.clk_tck)),
+                cpu.also_pid.map(|p| (p, cpu.clk_tck)),
             ))?;
             (r, target.out)
         }
@@ -177,6 +210,7 @@ fn main() -> anyhow::Result<()> {
                     warmup,
                 },
                 cpu.pid.map(|p| (p, cpu.clk_tck)),
+                cpu.also_pid.map(|p| (p, cpu.clk_tck)),
             ))?;
             (r, target.out)
         }
@@ -190,6 +224,8 @@ fn main() -> anyhow::Result<()> {
             report::run(&dir, &out, &machine, &mut stdout)?;
             return Ok(());
         }
+        // runs its own runtime, handled above
+        Mode::Proxy { .. } => return Ok(()),
     };
     let text = serde_json::to_string(&result)?;
     if let Some(path) = out {
