@@ -78,7 +78,9 @@ pub struct GuardConfig {
     /// last entry repeats. Default `[1, 6, 24]`: 1 h → 6 h → 24 h for a 1 h rule.
     pub tier_multipliers: Vec<u32>,
     /// How long a node trusts its local answer to "is this IP banned" before asking the store
-    /// again. Unbans reach other nodes at once through pub/sub when Redis is used. 0 = no cache.
+    /// again (default 30 s). With Redis, new bans and unbans reach the other nodes at once
+    /// through pub/sub, and the cache is flushed after a reconnection; the TTL is the safety net.
+    /// 0 = no cache.
     pub ban_cache_ttl_secs: u64,
     /// Concurrency leases expire this long after the last renewal, so the slots of a crashed node
     /// free themselves. Held permits renew every third of it.
@@ -107,7 +109,7 @@ impl Default for GuardConfig {
             relay_quota: RuleConfig::new(99, 3600, 3600),
             tier_window_secs: 24 * 3600,
             tier_multipliers: vec![1, 6, 24],
-            ban_cache_ttl_secs: 1,
+            ban_cache_ttl_secs: 30,
             lease_ttl_secs: 60,
             concurrency_retry_after_secs: 1,
             error_log_interval_secs: 10,

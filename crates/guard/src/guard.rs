@@ -141,6 +141,10 @@ impl Inner {
         format!("{}:unban", self.prefix)
     }
 
+    fn ban_channel(&self) -> String {
+        format!("{}:ban", self.prefix)
+    }
+
     // ---- store calls, metrics, logging --------------------------------------------------------
 
     async fn call<T>(&self, fut: StoreFuture<'_, T>) -> StoreResult<T> {
@@ -282,6 +286,13 @@ impl Inner {
                 if rule == Rule::RelayQuota {
                     self.run_closed(&s, now);
                 }
+                if new
+                    && self.redis.is_some()
+                    && let Err(e) = self.bus.publish(&self.ban_channel(), &s.to_string()).await
+                {
+                    // the other nodes see it when their cached answer expires
+                    tracing::warn!(error = %e, subject = %s, "guard: could not publish the ban");
+                }
                 let ban = ban.with_retry(now);
                 self.cache_put(s, Some(ban.clone()), now);
                 Verdict::Banned(ban)
@@ -381,8 +392,9 @@ impl GuardBuilder {
         if inner.redis.is_some() {
             let weak: Weak<Inner> = Arc::downgrade(&inner);
             let v6 = inner.cfg.ipv6_prefix_len;
-            let channel = inner.unban_channel();
-            let sub = inner.bus.subscribe(&[&channel], move |event| {
+            // a ban or an unban on another node drops this node's cached answer
+            let (unban, ban) = (inner.unban_channel(), inner.ban_channel());
+            let sub = inner.bus.subscribe(&[&unban, &ban], move |event| {
                 let Some(inner) = weak.upgrade() else { return };
                 match event {
                     BusEvent::Message { payload, .. } => {

@@ -109,9 +109,9 @@
 //! (exponential backoff, [`RedisSettings`]); until it succeeds calls fail at once. Admin calls
 //! ([`Guard::bans`], [`Guard::unban`], [`Guard::budget_status`]) return the error instead.
 //!
-//! With several nodes, bans are seen by the others within `ban_cache_ttl_secs`; unbans at once,
-//! through pub/sub ([`PubSub`]), and a subscriber that lost its connection flushes the ban cache
-//! when it is back. The relay failure run is reset by a success only on a node that saw a failure
+//! With several nodes, new bans and unbans reach the others at once through pub/sub
+//! ([`PubSub`]): their cached answer for that address is dropped, and a subscriber that lost its
+//! connection flushes the ban cache when it is back; `ban_cache_ttl_secs` is the safety net. The relay failure run is reset by a success only on a node that saw a failure
 //! of that run (the local set of open runs is per node), as issue #6 specifies.
 //!
 //! [`PubSub`] is also meant for the other caches of the gateway (keys, users, channels, prices):

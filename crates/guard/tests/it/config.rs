@@ -10,7 +10,7 @@ fn defaults_follow_issue_6() {
     assert_eq!(c.unknown_key, RuleConfig::new(50, 3600, 3600));
     assert_eq!(c.relay_quota, RuleConfig::new(99, 3600, 3600));
     assert_eq!(c.tier_multipliers, vec![1, 6, 24]);
-    assert_eq!(c.ban_cache_ttl_secs, 1);
+    assert_eq!(c.ban_cache_ttl_secs, 30);
 }
 
 #[test]

@@ -22,6 +22,8 @@ async fn two_nodes_share_counters_and_bans() {
     let (ga, gb) = (&a.guard, &b.guard);
     let x = ip("192.0.2.10");
 
+    // B has cached "not banned" for x (for 30 s) before A bans it.
+    assert!(gb.check_ip(x).await.is_none());
     // One counter: 2 attempts on A + 1 on B + 1 on A = the 4th, over the limit of 3.
     assert!(ga.note_credential_attempt(x).await.is_allowed());
     assert!(ga.note_credential_attempt(x).await.is_allowed());
@@ -30,7 +32,9 @@ async fn two_nodes_share_counters_and_bans() {
         panic!("the shared count crossed the limit");
     };
     assert_eq!(ban.count, 4);
-    // B sees A's ban, and lists it.
+    // B sees A's ban at once (announced through pub/sub), and lists it.
+    let seen = eventually(2000, || async { gb.check_ip(x).await.is_some() }).await;
+    assert!(seen, "node B sees the ban despite its cached answer");
     let seen = gb.check_ip(x).await.expect("node B sees the ban");
     assert_eq!((seen.since_ms, seen.until_ms), (ban.since_ms, ban.until_ms));
     assert_eq!(gb.bans().await.unwrap().len(), 1);
