@@ -35,6 +35,14 @@ fn is_credential_path(path: &str) -> bool {
     ) || p.starts_with("/auth/google/")
 }
 
+/// Payment providers' callbacks: authenticated by their signatures, never
+/// counted nor banned (a gateway retrying callbacks from one address must
+/// not lose a payment to a ban).
+fn is_provider_callback(path: &str) -> bool {
+    let p = path.strip_prefix("/api").unwrap_or(path);
+    matches!(p, "/topup/epay/notify" | "/topup/stripe/webhook")
+}
+
 /// How long, in words, for messages.
 pub fn human_secs(secs: u64) -> String {
     match secs {
@@ -123,6 +131,9 @@ pub async fn api_layer(State(s): State<AppState>, req: Request, next: Next) -> R
     let Some(ip) = client_ip(&s, &req) else {
         return next.run(req).await;
     };
+    if is_provider_callback(req.uri().path()) {
+        return next.run(req).await;
+    }
     let credential = is_credential_path(req.uri().path());
     let bearer = req
         .headers()
@@ -201,4 +212,27 @@ async fn ban_delete(
 
 async fn guard_metrics(State(s): State<AppState>, _: Admin) -> Json<serde_json::Value> {
     Json(json!({"data": s.guard.metrics()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_credential_path, is_provider_callback};
+
+    #[test]
+    fn paths_are_classified_with_or_without_the_api_prefix() {
+        for p in [
+            "/api/auth/login",
+            "/auth/login",
+            "/auth/reset-password",
+            "/auth/google/callback",
+        ] {
+            assert!(is_credential_path(p), "{p}");
+        }
+        for p in ["/api/self", "/self/keys", "/auth/session"] {
+            assert!(!is_credential_path(p), "{p}");
+        }
+        assert!(is_provider_callback("/topup/epay/notify"));
+        assert!(is_provider_callback("/api/topup/stripe/webhook"));
+        assert!(!is_provider_callback("/topup/epay"));
+    }
 }
