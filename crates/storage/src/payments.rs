@@ -385,14 +385,8 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
-            let sql = format!("SELECT {ORDER_COLS} FROM payment_orders WHERE order_no = $1");
-            let cur = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(order_no)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            return Ok(match cur {
-                Some(r) => OrderCompletion::AlreadyDone(order_row(&r)?),
+            return Ok(match order_as_is(tx, order_no).await? {
+                Some(o) => OrderCompletion::AlreadyDone(o),
                 None => OrderCompletion::NotFound,
             });
         };
@@ -433,14 +427,8 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
-            let sql = format!("SELECT {ORDER_COLS} FROM payment_orders WHERE order_no = $1");
-            let cur = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(order_no)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            return Ok(match cur {
-                Some(r) => OrderRefund::NotPaid(order_row(&r)?),
+            return Ok(match order_as_is(tx, order_no).await? {
+                Some(o) => OrderRefund::NotPaid(o),
                 None => OrderRefund::NotFound,
             });
         };
@@ -717,6 +705,21 @@ impl Store {
             balance,
         })
     }
+}
+
+/// The order as it stands, read in the transaction whose conditional change
+/// did not apply; the transaction is then rolled back.
+async fn order_as_is(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    order_no: &str,
+) -> Result<Option<PaymentOrder>> {
+    let sql = format!("SELECT {ORDER_COLS} FROM payment_orders WHERE order_no = $1");
+    let cur = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(order_no)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    cur.as_ref().map(order_row).transpose()
 }
 
 #[cfg(test)]

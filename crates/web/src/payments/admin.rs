@@ -180,7 +180,7 @@ pub(crate) async fn order_refund(
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 const CODE_LEN: usize = 16;
 
-/// A new code, shown as `XXXX-XXXX-XXXX-XXXX`.
+/// A new code: 16 characters in four dash-separated groups of four.
 fn new_code() -> String {
     let mut rng = rand::rng();
     let raw: Vec<char> = (0..CODE_LEN)
