@@ -288,7 +288,10 @@ impl Inner {
                 }
                 if new
                     && self.redis.is_some()
-                    && let Err(e) = self.bus.publish(&self.ban_channel(), &s.to_string()).await
+                    && let Err(e) = self
+                        .bus
+                        .publish(&self.ban_channel(), &format!("{s} {}", self.node))
+                        .await
                 {
                     // the other nodes see it when their cached answer expires
                     tracing::warn!(error = %e, subject = %s, "guard: could not publish the ban");
@@ -398,7 +401,14 @@ impl GuardBuilder {
                 let Some(inner) = weak.upgrade() else { return };
                 match event {
                     BusEvent::Message { payload, .. } => {
-                        if let Some(s) = Subject::parse(&payload, v6) {
+                        // "<subject>" or "<subject> <node>"; a node's own ban
+                        // announcement leaves its freshly cached ban alone
+                        let mut parts = payload.split(' ');
+                        let subject = parts.next().unwrap_or("");
+                        if parts.next() == Some(inner.node.as_str()) {
+                            return;
+                        }
+                        if let Some(s) = Subject::parse(subject, v6) {
                             inner.cache_forget(&s);
                         }
                     }
