@@ -751,14 +751,16 @@ async fn login_totp(
                 "The sign-in has expired; start again with your password.",
             )
         })?;
+    // one try per password check: a wrong code ends the pending sign-in, so
+    // codes cannot be guessed faster than passwords are checked
+    s.store.delete_session(&sess.token_hash).await?;
     if !second_factor_ok(&s, &user, b.code.as_deref(), b.recovery_code.as_deref()).await? {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "bad_code",
-            "That code is not valid (codes last 30 seconds and work once).",
+            "That code is not valid (codes last 30 seconds and work once). Sign in again with your password.",
         ));
     }
-    s.store.delete_session(&sess.token_hash).await?;
     finish_login(
         &s,
         &user,

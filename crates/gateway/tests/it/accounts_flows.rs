@@ -472,8 +472,23 @@ async fn two_factor_sign_in_with_codes_and_recovery_codes() {
             .call("POST", "/api/auth/login/totp", Some(json!({"code": code})))
             .await;
         assert_eq!(st, 401);
-        // the next step's code (within the allowed skew) works, once
+        // and a wrong code ends the pending sign-in: the password is asked again
         let next = accounts::totp::code_at(&secret, now + 30);
+        let (st, v) = c
+            .call("POST", "/api/auth/login/totp", Some(json!({"code": next})))
+            .await;
+        assert_eq!(st, 401, "{v}");
+        assert_eq!(v["error"]["code"], "session_expired");
+        let (st, v) = c
+            .call(
+                "POST",
+                "/api/auth/login",
+                Some(json!({"username": "kenji", "password": "kenji password"})),
+            )
+            .await;
+        assert_eq!(st, 200);
+        assert_eq!(v["mfa_required"], true);
+        // the next step's code (within the allowed skew) works, once
         let (st, v) = c
             .call("POST", "/api/auth/login/totp", Some(json!({"code": next})))
             .await;
