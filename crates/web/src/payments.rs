@@ -699,9 +699,18 @@ async fn self_orders(
             ..Default::default()
         })
         .await?;
-    Ok(Json(
-        json!({"data": rows.iter().map(order_json).collect::<Vec<_>>()}),
-    ))
+    // the operator's note may name the admin who acted: not shown to users
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|o| {
+            let mut v = order_json(o);
+            if let Value::Object(m) = &mut v {
+                m.remove("note");
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "data": data })))
 }
 
 #[derive(Deserialize)]

@@ -662,6 +662,11 @@ async fn admins_complete_and_refund_orders() {
             "{:?}",
             rows[0].note
         );
+        // the user sees the order paid, without the operator's note
+        let (st, mine) = get_json(&e.t, "/api/self/orders", &token).await;
+        assert_eq!(st, 200);
+        assert_eq!(mine["data"][0]["status"], "paid");
+        assert!(mine["data"][0].get("note").is_none(), "{mine}");
         // again: refused, nothing credited
         let (st, v) =
             e.t.admin_raw(
