@@ -85,6 +85,16 @@ impl Browser {
         resp
     }
 
+    /// `POST /api/auth/login` with a username (or e-mail) and password.
+    async fn login(&mut self, user: &str, password: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/api/auth/login",
+            Some(json!({"username": user, "password": password})),
+        )
+        .await
+    }
+
     async fn call(&mut self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let r = self.raw(method, path, body, true).await;
         let status = r.status().as_u16();
@@ -164,13 +174,7 @@ async fn sign_up_verify_sign_in_create_key_and_call_the_relay() {
         assert!(v["error"]["message"].as_str().unwrap().contains("e-mail"));
 
         // sign-in is refused until the address is verified
-        let (st, v) = b
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "hana", "password": "correct horse 1"})),
-            )
-            .await;
+        let (st, v) = b.login("hana", "correct horse 1").await;
         assert_eq!(st, 403, "{v}");
         assert_eq!(v["error"]["code"], "email_not_verified");
 
@@ -189,13 +193,7 @@ async fn sign_up_verify_sign_in_create_key_and_call_the_relay() {
         assert_eq!(b.raw("GET", &link, None, false).await.status(), 400);
 
         // sign in (by e-mail address), then act as the browser does
-        let (st, v) = b
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "HANA@example.com", "password": "correct horse 1"})),
-            )
-            .await;
+        let (st, v) = b.login("HANA@example.com", "correct horse 1").await;
         assert_eq!(st, 200, "{v}");
         assert!(b.cookie.is_some());
         let token = v["token"].as_str().unwrap().to_string();
@@ -343,21 +341,9 @@ async fn password_reset_by_link_works_once_and_signs_out_everywhere() {
         // the old session is gone, the old password too
         let (st, _) = b.call("GET", "/api/auth/session", None).await;
         assert_eq!(st, 401);
-        let (st, _) = b
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "joao", "password": "first password"})),
-            )
-            .await;
+        let (st, _) = b.login("joao", "first password").await;
         assert_eq!(st, 401);
-        let (st, v) = b
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "joao", "password": "second password"})),
-            )
-            .await;
+        let (st, v) = b.login("joao", "second password").await;
         assert_eq!(st, 200, "{v}");
         assert_eq!(
             v["user"]["email_verified"], true,
@@ -370,13 +356,7 @@ async fn password_reset_by_link_works_once_and_signs_out_everywhere() {
 
         // change password while signed in: this session continues, others end
         let mut other = Browser::new(&t);
-        other
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "joao", "password": "second password"})),
-            )
-            .await;
+        other.login("joao", "second password").await;
         let (st, _) = b
             .call(
                 "POST",
@@ -454,13 +434,7 @@ async fn two_factor_sign_in_with_codes_and_recovery_codes() {
 
         // the password alone opens only a pending session
         let mut c = Browser::new(&t);
-        let (st, v) = c
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "kenji", "password": "kenji password"})),
-            )
-            .await;
+        let (st, v) = c.login("kenji", "kenji password").await;
         assert_eq!(st, 200);
         assert_eq!(v["mfa_required"], true);
         assert!(v["token"].is_null());
@@ -479,13 +453,7 @@ async fn two_factor_sign_in_with_codes_and_recovery_codes() {
             .await;
         assert_eq!(st, 401, "{v}");
         assert_eq!(v["error"]["code"], "session_expired");
-        let (st, v) = c
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "kenji", "password": "kenji password"})),
-            )
-            .await;
+        let (st, v) = c.login("kenji", "kenji password").await;
         assert_eq!(st, 200);
         assert_eq!(v["mfa_required"], true);
         // the next step's code (within the allowed skew) works, once
@@ -499,12 +467,7 @@ async fn two_factor_sign_in_with_codes_and_recovery_codes() {
 
         // a recovery code signs in once
         let mut d = Browser::new(&t);
-        d.call(
-            "POST",
-            "/api/auth/login",
-            Some(json!({"username": "kenji", "password": "kenji password"})),
-        )
-        .await;
+        d.login("kenji", "kenji password").await;
         let (st, _) = d
             .call(
                 "POST",
@@ -514,12 +477,7 @@ async fn two_factor_sign_in_with_codes_and_recovery_codes() {
             .await;
         assert_eq!(st, 200);
         let mut e = Browser::new(&t);
-        e.call(
-            "POST",
-            "/api/auth/login",
-            Some(json!({"username": "kenji", "password": "kenji password"})),
-        )
-        .await;
+        e.login("kenji", "kenji password").await;
         let (st, _) = e
             .call(
                 "POST",
@@ -707,12 +665,7 @@ async fn google_sign_in_verifies_the_id_token() {
         // link and unlink on a password account
         let (pw_uid, _) = t.user_with_key("linker", "0").await;
         let mut l = Browser::new(&t);
-        l.call(
-            "POST",
-            "/api/auth/login",
-            Some(json!({"username": "linker", "password": "password123"})),
-        )
-        .await;
+        l.login("linker", "password123").await;
         idp.set_user(TestUser::new("google-sub-999", "linker@example.com"));
         let r = l
             .raw("GET", "/api/auth/google/start?purpose=link", None, false)
@@ -742,21 +695,10 @@ async fn users_manage_their_own_keys_and_access_tokens() {
         let (_, _) = t.user_with_key("ana", "1").await;
         let (_, _) = t.user_with_key("bo", "1").await;
         let mut ana = Browser::new(&t);
-        let (st, _) = ana
-            .call(
-                "POST",
-                "/api/auth/login",
-                Some(json!({"username": "ana", "password": "password123"})),
-            )
-            .await;
+        let (st, _) = ana.login("ana", "password123").await;
         assert_eq!(st, 200);
         let mut bo = Browser::new(&t);
-        bo.call(
-            "POST",
-            "/api/auth/login",
-            Some(json!({"username": "bo", "password": "password123"})),
-        )
-        .await;
+        bo.login("bo", "password123").await;
         let (_, v) = ana
             .call("POST", "/api/self/keys", Some(json!({"name": "first"})))
             .await;
