@@ -99,6 +99,25 @@ pub fn hash_password(password: &str) -> Result<String, AccountError> {
         .map_err(|e| AccountError::Hash(e.to_string()))
 }
 
+/// [`hash_password`] on Tokio's blocking pool. Argon2 takes tens of
+/// milliseconds of CPU; on a runtime thread it would hold up every request
+/// and stream sharing that thread (all of them, with one worker).
+pub async fn hash_password_off_thread(password: &str) -> Result<String, AccountError> {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .unwrap_or_else(|e| Err(AccountError::Hash(e.to_string())))
+}
+
+/// [`verify_password`] on Tokio's blocking pool (see
+/// [`hash_password_off_thread`]).
+pub async fn verify_password_off_thread(password: &str, hash: &str) -> bool {
+    let (password, hash) = (password.to_string(), hash.to_string());
+    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
+
 pub fn verify_password(password: &str, hash: &str) -> bool {
     match argon2::PasswordHash::new(hash) {
         Ok(parsed) => argon2::Argon2::default()

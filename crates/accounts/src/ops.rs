@@ -46,7 +46,7 @@ pub async fn create_user(
     let user = store
         .create_user(&NewUser {
             username: username.to_string(),
-            password_hash: hash_password(&password)?,
+            password_hash: crate::hash_password_off_thread(&password).await?,
             role: role.to_string(),
             group: group.to_string(),
             ..Default::default()
@@ -180,12 +180,12 @@ pub async fn login(
         Ok(u) => u,
         Err(StorageError::NotFound(_)) => {
             // same work as a real check, so timing does not tell names apart
-            let _ = verify_password(password, crate::DUMMY_HASH);
+            let _ = crate::verify_password_off_thread(password, crate::DUMMY_HASH).await;
             return Err(OpsError::BadCredentials);
         }
         Err(e) => return Err(e.into()),
     };
-    if user.status != 1 || !verify_password(password, &user.password_hash) {
+    if user.status != 1 || !crate::verify_password_off_thread(password, &user.password_hash).await {
         return Err(OpsError::BadCredentials);
     }
     let token = issue_access_token(store, user.id, "login", ttl_ms).await?;

@@ -159,7 +159,7 @@ impl App {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let app = web::router(state);
+        let app = web::service(state);
         let shutdown = CancellationToken::new();
         let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
         let done = {
@@ -168,11 +168,7 @@ impl App {
             let store = store.clone();
             tokio::spawn(async move {
                 let signal = shutdown.clone();
-                let serve = axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     signal.cancelled().await;
                 });
                 let mut serve = std::pin::pin!(serve.into_future());

@@ -43,8 +43,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if cfg.server.workers > 0 {
+    // One worker: a current-thread runtime does the same work without the
+    // cross-thread hand-offs of a one-worker multi-thread scheduler.
+    let mut rt = if cfg.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if cfg.server.workers > 1 {
         rt.worker_threads(cfg.server.workers);
     }
     let rt = match rt.enable_all().build() {

@@ -91,7 +91,7 @@ pub struct ChannelEntry {
     /// Consecutive failures since the last success (kept across reloads).
     pub failures: Arc<std::sync::atomic::AtomicU32>,
     /// A client with this channel's proxy, when it has one.
-    pub client: Option<reqwest::Client>,
+    pub client: Option<crate::upstream::Client>,
     /// Seconds; 0 = the relay's default.
     pub timeout_secs: u64,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -103,7 +103,15 @@ pub struct ChannelEntry {
     refused: std::sync::atomic::AtomicU64,
     /// Parsed upstream URLs by path, so a URL is parsed once per channel
     /// and path rather than once per request.
-    urls: Mutex<HashMap<String, reqwest::Url>>,
+    urls: Mutex<HashMap<String, Target>>,
+}
+
+/// Where a channel's request for one path goes: the URI and its `Host`
+/// header (the port only when it is not the scheme's default).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub uri: http::Uri,
+    pub host: http::HeaderValue,
 }
 
 /// The tag under which a disabled upstream key is recorded: the first 16
@@ -148,13 +156,24 @@ impl ChannelEntry {
     }
 
     /// The upstream URL for `path` (which may carry a query).
-    pub fn url(&self, path: &str) -> Result<reqwest::Url, String> {
+    pub fn url(&self, path: &str) -> Result<Target, String> {
         let mut urls = self.urls.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(u) = urls.get(path) {
             return Ok(u.clone());
         }
+        // the URL parser normalizes (percent-encodes, IDNA hosts); the
+        // request takes its serialization
         let u = reqwest::Url::parse(&format!("{}{}", self.base_url, path))
             .map_err(|e| e.to_string())?;
+        let host = match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => return Err(format!("`{u}` names no host")),
+        };
+        let u = Target {
+            uri: http::Uri::try_from(u.as_str()).map_err(|e| e.to_string())?,
+            host: http::HeaderValue::try_from(host).map_err(|e| e.to_string())?,
+        };
         if urls.len() < 64 {
             urls.insert(path.to_string(), u.clone());
         }
@@ -293,7 +312,7 @@ fn channel_entry(
     let client = if c.proxy_url.is_empty() {
         None
     } else {
-        match crate::upstream::client_with_proxy(cfg, &c.proxy_url) {
+        match crate::upstream::Client::with_proxy(cfg, &c.proxy_url) {
             Ok(cl) => Some(cl),
             Err(e) => {
                 tracing::error!(channel = c.id, error = %e, "the channel's proxy is unusable; calling directly");
@@ -584,6 +603,50 @@ mod tests {
             refused: std::sync::atomic::AtomicU64::new(0),
             urls: Mutex::default(),
         })
+    }
+
+    #[test]
+    fn targets_carry_the_host_header_and_are_reused() {
+        let cases = [
+            (
+                "http://127.0.0.1:8080/v1",
+                "/chat/completions",
+                "127.0.0.1:8080",
+            ),
+            (
+                "https://api.openai.com/v1",
+                "/chat/completions",
+                "api.openai.com",
+            ),
+            (
+                "https://api.example.com:443/v1",
+                "/embeddings",
+                "api.example.com",
+            ),
+            (
+                "http://[::1]:9000/v1",
+                "/models/gemini-2.0-flash:generateContent",
+                "[::1]:9000",
+            ),
+            (
+                "https://Bücher.example/v1",
+                "/x?api-version=1",
+                "xn--bcher-kva.example",
+            ),
+        ];
+        for (base, path, host) in cases {
+            let mut c = Arc::into_inner(ch(1, 0, 1)).unwrap();
+            c.base_url = base.into();
+            let t = c.url(path).unwrap();
+            assert_eq!(t.host, host, "{base}{path}");
+            assert!(t.uri.to_string().ends_with(path), "{}", t.uri);
+            // the second call is answered from the cache, identically
+            let again = c.url(path).unwrap();
+            assert_eq!((again.uri, again.host), (t.uri, t.host));
+        }
+        let mut c = Arc::into_inner(ch(1, 0, 1)).unwrap();
+        c.base_url = "not a url".into();
+        assert!(c.url("/chat/completions").is_err());
     }
 
     #[test]

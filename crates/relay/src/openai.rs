@@ -119,11 +119,235 @@ pub fn tail_usage(body: &[u8]) -> Option<billing::Usage> {
         return None;
     }
     let rest = body.get(i..)?;
-    let u = serde_json::Deserializer::from_slice(rest)
-        .into_iter::<api_types::openai::Usage>()
-        .next()?
-        .ok()?;
+    let u = match scan_usage(rest) {
+        Some(u) => u,
+        None => serde_json::Deserializer::from_slice(rest)
+            .into_iter::<api_types::openai::Usage>()
+            .next()?
+            .ok()?,
+    };
     Some(usage_of(u))
+}
+
+/// Reads a `usage` object at the start of `s` without serde: the three
+/// counts and `prompt_tokens_details.cached_tokens`, skipping every other
+/// member. `None` for anything but the plain shape (a fraction, a negative
+/// or escaped key, a repeated member, malformed text), and the caller then
+/// asks the full parser, which decides.
+fn scan_usage(s: &[u8]) -> Option<api_types::openai::Usage> {
+    let mut c = Scan { s, i: 0 };
+    let mut u = api_types::openai::Usage::default();
+    let mut seen = [false; 4];
+    c.members(|c, key| {
+        let slot = match key {
+            b"prompt_tokens" => 0,
+            b"completion_tokens" => 1,
+            b"total_tokens" => 2,
+            b"prompt_tokens_details" => 3,
+            _ => return c.skip_value(),
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return None;
+        }
+        match slot {
+            0 => u.prompt_tokens = c.count()?,
+            1 => u.completion_tokens = c.count()?,
+            2 => u.total_tokens = c.count()?,
+            _ => {
+                if c.literal(b"null") {
+                    return Some(());
+                }
+                let mut d = api_types::openai::PromptTokensDetails::default();
+                let mut cached_seen = false;
+                c.members(|c, key| {
+                    if key != b"cached_tokens" {
+                        return c.skip_value();
+                    }
+                    if std::mem::replace(&mut cached_seen, true) {
+                        return None;
+                    }
+                    d.cached_tokens = c.count()?;
+                    Some(())
+                })?;
+                u.prompt_tokens_details = Some(d);
+            }
+        }
+        Some(())
+    })?;
+    Some(u)
+}
+
+/// A cursor over JSON text for [`scan_usage`].
+struct Scan<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while matches!(self.s.get(self.i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        self.ws();
+        (self.s.get(self.i) == Some(&b)).then(|| self.i += 1)
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> bool {
+        self.ws();
+        let hit = self.s[self.i..].starts_with(lit);
+        if hit {
+            self.i += lit.len();
+        }
+        hit
+    }
+
+    /// `{ "key": value, … }`, calling `each` with the cursor on each value.
+    fn members(&mut self, mut each: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            self.eat(b'"')?;
+            let start = self.i;
+            let len = memchr::memchr2(b'"', b'\\', &self.s[start..])?;
+            if self.s[start + len] != b'"' {
+                return None;
+            }
+            self.i = start + len + 1;
+            let key = &self.s[start..start + len];
+            self.eat(b':')?;
+            each(self, key)?;
+            if self.eat(b',').is_none() {
+                return self.eat(b'}');
+            }
+        }
+    }
+
+    /// An unsigned integer or `null`.
+    fn count(&mut self) -> Option<Option<u64>> {
+        if self.literal(b"null") {
+            return Some(None);
+        }
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.s.get(self.i) {
+            v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        // leading zeros, fractions and exponents go to the full parser
+        let plain = digits > 0
+            && !(digits > 1 && self.s[start] == b'0')
+            && !matches!(self.s.get(self.i), Some(b'.' | b'e' | b'E'));
+        plain.then_some(Some(v))
+    }
+
+    /// Steps over one value of any kind, checking it is well-formed JSON
+    /// (containers nested deeper than 32 and escaped keys are left to the
+    /// full parser).
+    fn skip_value(&mut self) -> Option<()> {
+        self.skip_nested(0)
+    }
+
+    fn skip_nested(&mut self, depth: usize) -> Option<()> {
+        if depth > 32 {
+            return None;
+        }
+        self.ws();
+        match *self.s.get(self.i)? {
+            b'{' => self.members(|c, _| c.skip_nested(depth + 1)),
+            b'[' => {
+                self.i += 1;
+                if self.eat(b']').is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.skip_nested(depth + 1)?;
+                    if self.eat(b',').is_none() {
+                        return self.eat(b']');
+                    }
+                }
+            }
+            b'"' => {
+                self.i += 1;
+                self.skip_string()
+            }
+            b't' => self.literal(b"true").then_some(()),
+            b'f' => self.literal(b"false").then_some(()),
+            b'n' => self.literal(b"null").then_some(()),
+            _ => self.skip_number(),
+        }
+    }
+
+    /// The rest of a string whose opening quote was read.
+    fn skip_string(&mut self) -> Option<()> {
+        loop {
+            let rest = self.s.get(self.i..)?;
+            let at = memchr::memchr2(b'"', b'\\', rest)?;
+            if rest[..at].iter().any(|&b| b < 0x20) {
+                return None;
+            }
+            self.i += at + 1;
+            if rest[at] == b'"' {
+                return Some(());
+            }
+            match *self.s.get(self.i)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                b'u' => {
+                    let hex = self.s.get(self.i + 1..self.i + 5)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    self.i += 5;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn skip_number(&mut self) -> Option<()> {
+        let s = self.s;
+        let mut i = self.i;
+        let digits = |i: &mut usize| {
+            let start = *i;
+            while matches!(s.get(*i), Some(b'0'..=b'9')) {
+                *i += 1;
+            }
+            *i > start
+        };
+        if s.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match s.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                digits(&mut i);
+            }
+            _ => return None,
+        }
+        if s.get(i) == Some(&b'.') {
+            i += 1;
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        if matches!(s.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(s.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        self.i = i;
+        Some(())
+    }
 }
 
 /// Token counts from OpenAI's `usage`; a missing completion count is
@@ -269,6 +493,47 @@ mod tests {
         let u = tail_usage(body).unwrap();
         assert_eq!((u.prompt, u.completion), (12, 3));
         assert!(tail_usage(br#"{"choices":[]}"#).is_none());
+        // the hand scanner agrees with serde wherever it answers, and leaves
+        // every other shape to it
+        for text in [
+            r#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}"#,
+            r#"{ "prompt_tokens" : 12 , "completion_tokens":5 }"#,
+            r#"{"total_tokens":30,"prompt_tokens":10}"#,
+            r#"{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":1,"x":[1,{"y":"a\"}b"}],"z":null}}"#,
+            r#"{"prompt_tokens":9,"prompt_tokens_details":null,"cost":0.0012,"is_byok":false}"#,
+            r#"{"prompt_tokens":null,"completion_tokens":7}"#,
+            r#"{}"#,
+            r#"{"prompt_tokens":1.0,"completion_tokens":2}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":01}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens":1e3}"#,
+            r#"{"prompt_tokens":99999999999999999999999}"#,
+            r#"{"prompt_tokens":5}"#,
+            r#"{"prompt_tokens":5,}"#,
+            r#"{"prompt_tokens":"5"}"#,
+            r#"{"prompt_tokens":5,"x":[1,{"y":"a"}b"}]}"#,
+            r#"{"prompt_tokens":5,"x":{"a" 1}}"#,
+            r#"{"prompt_tokens":5,"x":[1 2]}"#,
+            r#"{"prompt_tokens":5,"x":01}"#,
+            r#"{"prompt_tokens":5,"x":1.}"#,
+            r#"{"prompt_tokens":5,"x":tru}"#,
+            r#"{"prompt_tokens":5,"x":"bad \q escape"}"#,
+            r#"{"prompt_tokens":5,"x":"\u00e9t\u00e9","y":-0.5e+3,"z":[[],{},[{}]]}"#,
+        ] {
+            let serde = serde_json::from_str::<api_types::openai::Usage>(text)
+                .ok()
+                .map(usage_of);
+            let fast = scan_usage(text.as_bytes()).map(usage_of);
+            if let Some(f) = fast {
+                assert_eq!(Some(f), serde, "{text}");
+            }
+            let body = format!(r#"{{"id":"x","choices":[],"usage":{text}}}"#);
+            assert_eq!(tail_usage(body.as_bytes()), serde, "{text}");
+        }
+        assert!(scan_usage(br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"completion_tokens_details":{"reasoning_tokens":0}}"#).is_some());
+        assert!(scan_usage(br#"{"prompt_tokens":5"#).is_none());
+        assert!(scan_usage(br#"{"prompt_tokens":5,"x":"open"#).is_none());
         assert!(tail_usage(br#"{"usage":null}"#).is_none());
     }
 

@@ -182,7 +182,7 @@ pub struct Relay {
     store: Store,
     snapshot: Arc<ArcSwap<Snapshot>>,
     writer: mpsc::Sender<WriteMsg>,
-    client: reqwest::Client,
+    client: upstream::Client,
     tasks: TaskTracker,
     draining: AtomicBool,
     pub stats: RelayStats,
@@ -308,6 +308,69 @@ enum Attempt {
     Fatal(RelayError),
 }
 
+/// A POST to `uri` with the channel's own headers and `key` where the
+/// target dialect expects it (`anthropic` = the version and beta headers
+/// an Anthropic upstream gets).
+fn upstream_request(
+    ch: &ChannelEntry,
+    target: Api,
+    key: &str,
+    target_url: cache::Target,
+    content_type: http::HeaderValue,
+    anthropic: (&str, Option<&str>),
+    body: Bytes,
+) -> Result<http::Request<Bytes>, RelayError> {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+    let header = |v: &str| {
+        HeaderValue::from_str(v).map_err(|_| {
+            RelayError::new(
+                ErrorKind::UpstreamFailed,
+                "The channel's key or a header value holds characters HTTP headers cannot carry.",
+            )
+        })
+    };
+    let secret = |v: &str| {
+        header(v).map(|mut h| {
+            h.set_sensitive(true);
+            h
+        })
+    };
+    let mut req = http::Request::new(body);
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = target_url.uri;
+    let h = req.headers_mut();
+    h.insert(HOST, target_url.host);
+    h.insert(CONTENT_TYPE, content_type);
+    for (k, v) in &ch.headers {
+        h.append(k.clone(), v.clone());
+    }
+    match target {
+        Api::OpenAi | Api::Responses if ch.kind == "azure" => {
+            h.insert(HeaderName::from_static("api-key"), secret(key)?);
+        }
+        Api::OpenAi | Api::Responses => {
+            let mut bearer = String::with_capacity(7 + key.len());
+            bearer.push_str("Bearer ");
+            bearer.push_str(key);
+            h.insert(AUTHORIZATION, secret(&bearer)?);
+        }
+        Api::Anthropic => {
+            h.insert(HeaderName::from_static("x-api-key"), secret(key)?);
+            h.insert(
+                HeaderName::from_static("anthropic-version"),
+                header(anthropic.0)?,
+            );
+            if let Some(beta) = anthropic.1 {
+                h.insert(HeaderName::from_static("anthropic-beta"), header(beta)?);
+            }
+        }
+        Api::Gemini => {
+            h.insert(HeaderName::from_static("x-goog-api-key"), secret(key)?);
+        }
+    }
+    Ok(req)
+}
+
 fn hold_error(e: HoldError) -> RelayError {
     match e {
         HoldError::Balance { needed, available } => RelayError::new(
@@ -350,8 +413,7 @@ impl Relay {
             cfg: cfg.clone(),
         };
         tokio::spawn(writer.run(rx));
-        let client = upstream::client(&cfg)
-            .map_err(|e| RelayError::new(ErrorKind::Internal, e.to_string()))?;
+        let client = upstream::Client::new(&cfg);
         let relay = Arc::new(Relay {
             cfg,
             store,
@@ -949,47 +1011,47 @@ impl Relay {
             } else {
                 &ch.api_version
             };
-            format!(
-                "{}/openai/deployments/{model}{path}?api-version={v}",
-                ch.base_url
-            )
+            ch.url(&format!(
+                "/openai/deployments/{model}{path}?api-version={v}"
+            ))
         } else {
-            format!("{}{path}", ch.base_url)
+            ch.url(&path)
         };
-        let mut rb = ch
-            .client
-            .as_ref()
-            .unwrap_or(&self.client)
-            .post(url)
-            .json(&body);
-        for (k, v) in &ch.headers {
-            rb = rb.header(k, v);
-        }
-        rb = match api {
-            Api::OpenAi | Api::Responses if ch.kind == "azure" => rb.header("api-key", key),
-            Api::OpenAi | Api::Responses => rb.bearer_auth(key),
-            Api::Anthropic => rb
-                .header("x-api-key", key)
-                .header("anthropic-version", "2023-06-01"),
-            Api::Gemini => rb.header("x-goog-api-key", key),
+        let request = url
+            .map_err(|e| RelayError::new(ErrorKind::UpstreamFailed, e))
+            .and_then(|url| {
+                upstream_request(
+                    ch,
+                    api,
+                    key,
+                    url,
+                    http::HeaderValue::from_static("application/json"),
+                    ("2023-06-01", None),
+                    Bytes::from(body.to_string()),
+                )
+            });
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return ChannelTest::failed(&e.message, 0, None),
         };
         let timeout = Duration::from_secs(if ch.timeout_secs > 0 {
             ch.timeout_secs
         } else {
             30
         });
-        match tokio::time::timeout(timeout, rb.send()).await {
+        let send = ch.client.as_ref().unwrap_or(&self.client).send(request);
+        match tokio::time::timeout(timeout, send).await {
             Err(_) => ChannelTest::failed(
                 "no answer in time",
                 started.elapsed().as_millis() as u64,
                 None,
             ),
             Ok(Err(e)) => {
-                ChannelTest::failed(&error_chain(&e), started.elapsed().as_millis() as u64, None)
+                ChannelTest::failed(&e.to_string(), started.elapsed().as_millis() as u64, None)
             }
             Ok(Ok(resp)) => {
-                let status = resp.status().as_u16();
-                let text = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+                let status = resp.status;
+                let text = read_capped(resp.body, 64 * 1024).await.unwrap_or_default();
                 let latency = started.elapsed().as_millis() as u64;
                 if (200..300).contains(&status) {
                     ChannelTest {
@@ -1185,32 +1247,21 @@ impl Relay {
         } else {
             self.cfg.first_byte_timeout_secs
         });
-        let mut rb = ch.client.as_ref().unwrap_or(&self.client).post(url).header(
-            http::header::CONTENT_TYPE,
-            match (&meter.content_type, meter.endpoint) {
-                (Some(ct), Endpoint::AudioTranscriptions) => ct.as_str(),
-                _ => "application/json",
-            },
-        );
-        for (k, v) in &ch.headers {
-            rb = rb.header(k, v);
-        }
-        let rb = match target {
-            Api::OpenAi | Api::Responses if ch.kind == "azure" => rb.header("api-key", key),
-            Api::OpenAi | Api::Responses => rb.bearer_auth(key),
-            Api::Anthropic => {
-                let version = meter.anthropic_version.as_deref().unwrap_or("2023-06-01");
-                let rb = rb
-                    .header("x-api-key", key)
-                    .header("anthropic-version", version);
-                match &meter.anthropic_beta {
-                    Some(beta) => rb.header("anthropic-beta", beta.as_str()),
-                    None => rb,
-                }
-            }
-            Api::Gemini => rb.header("x-goog-api-key", key),
+        let content_type = match (&meter.content_type, meter.endpoint) {
+            (Some(ct), Endpoint::AudioTranscriptions) => http::HeaderValue::from_str(ct)
+                .unwrap_or(http::HeaderValue::from_static("application/json")),
+            _ => http::HeaderValue::from_static("application/json"),
         };
-        let send = rb.body(req.body).send();
+        let anthropic = (
+            meter.anthropic_version.as_deref().unwrap_or("2023-06-01"),
+            meter.anthropic_beta.as_deref(),
+        );
+        let request =
+            match upstream_request(ch, target, key, url, content_type, anthropic, req.body) {
+                Ok(r) => r,
+                Err(e) => return (Attempt::Retry(e), Blame::None),
+            };
+        let send = ch.client.as_ref().unwrap_or(&self.client).send(request);
         let resp = match tokio::time::timeout(first_byte, send).await {
             Err(_) => {
                 return (
@@ -1232,49 +1283,47 @@ impl Relay {
                         } else {
                             ErrorKind::UpstreamFailed
                         },
-                        format!("The upstream could not be reached ({}).", error_chain(&e)),
+                        format!("The upstream could not be reached ({e})."),
                     )),
                     Blame::Outage,
                 );
             }
             Ok(Ok(r)) => r,
         };
-        let status = resp.status().as_u16();
+        let status = resp.status;
         if !(200..300).contains(&status) {
-            let body = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+            let body = read_capped(resp.body, 64 * 1024).await.unwrap_or_default();
             return classify_upstream_error(status, body, target);
         }
         let is_sse = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
+            .content_type()
             .is_some_and(|v| v.contains("text/event-stream"));
         if meter.stream && is_sse {
             return self
                 .start_stream(ch, meter, resp, upstream_model, target)
                 .await;
         }
-        let content_type = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body =
-            match tokio::time::timeout(first_byte, read_capped(resp, self.cfg.max_response_bytes))
-                .await
-            {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => return (Attempt::Retry(e), Blame::Outage),
-                Err(_) => {
-                    return (
-                        Attempt::Retry(RelayError::new(
-                            ErrorKind::UpstreamTimeout,
-                            "The upstream stopped sending its answer.",
-                        )),
-                        Blame::Outage,
-                    );
-                }
-            };
+        let content_type = passthrough
+            .then(|| resp.content_type().map(str::to_string))
+            .flatten();
+        let body = match tokio::time::timeout(
+            first_byte,
+            read_capped(resp.body, self.cfg.max_response_bytes),
+        )
+        .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return (Attempt::Retry(e), Blame::Outage),
+            Err(_) => {
+                return (
+                    Attempt::Retry(RelayError::new(
+                        ErrorKind::UpstreamTimeout,
+                        "The upstream stopped sending its answer.",
+                    )),
+                    Blame::Outage,
+                );
+            }
+        };
         if passthrough {
             return self
                 .finish_passthrough(ch, meter, upstream_model, status, content_type, body)
@@ -1373,12 +1422,12 @@ impl Relay {
         self: &Arc<Self>,
         ch: &Arc<ChannelEntry>,
         meter: &mut Meter,
-        resp: reqwest::Response,
+        resp: upstream::Response,
         upstream_model: String,
         target: Api,
     ) -> (Attempt, Blame) {
-        let status = resp.status().as_u16();
-        let mut upstream = resp.bytes_stream();
+        let status = resp.status;
+        let mut upstream = resp.body;
         let mut split = SseSplitter::new(self.cfg.max_event_bytes);
         let first_byte = Duration::from_secs(self.cfg.first_byte_timeout_secs);
         let deadline = tokio::time::Instant::now() + first_byte;
@@ -1422,7 +1471,7 @@ impl Relay {
                     return (
                         Attempt::Retry(RelayError::new(
                             ErrorKind::UpstreamFailed,
-                            format!("The upstream stream failed ({}).", error_chain(&e)),
+                            format!("The upstream stream failed ({e})."),
                         )),
                         Blame::Outage,
                     );
@@ -1656,36 +1705,40 @@ fn with_usage_cost(body: Bytes, usd: &str) -> Bytes {
     serde_json::to_vec(&v).map(Bytes::from).unwrap_or(body)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+async fn read_capped(mut body: upstream::Body, cap: usize) -> Result<Bytes, RelayError> {
+    let failed = |e: upstream::Error| {
+        RelayError::new(
+            ErrorKind::UpstreamFailed,
+            format!("Reading the upstream answer failed ({e})."),
+        )
+    };
+    let too_large = || {
+        RelayError::new(
+            ErrorKind::UpstreamFailed,
+            format!("The upstream answer is larger than {cap} bytes."),
+        )
+    };
+    let Some(first) = body.next().await.transpose().map_err(failed)? else {
+        return Ok(Bytes::new());
+    };
+    if first.len() > cap {
+        return Err(too_large());
     }
-    s
-}
-
-async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<Bytes, RelayError> {
-    let mut out = bytes::BytesMut::new();
-    let mut s = resp.bytes_stream();
-    while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| {
-            RelayError::new(
-                ErrorKind::UpstreamFailed,
-                format!("Reading the upstream answer failed ({}).", error_chain(&e)),
-            )
-        })?;
-        if out.len() + chunk.len() > cap {
-            return Err(RelayError::new(
-                ErrorKind::UpstreamFailed,
-                format!("The upstream answer is larger than {cap} bytes."),
-            ));
+    // an answer that came in one chunk is passed on without a copy
+    let Some(mut next) = body.next().await.transpose().map_err(failed)? else {
+        return Ok(first);
+    };
+    let mut out = bytes::BytesMut::from(&first[..]);
+    loop {
+        if out.len() + next.len() > cap {
+            return Err(too_large());
         }
-        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&next);
+        match body.next().await.transpose().map_err(failed)? {
+            Some(n) => next = n,
+            None => return Ok(out.freeze()),
+        }
     }
-    Ok(out.freeze())
 }
 
 /// Decides what an upstream error means for the client: the channel's own
@@ -1803,7 +1856,7 @@ impl StreamPump {
         upstream_model: String,
         mut out: Vec<Bytes>,
         mut split: SseSplitter,
-        mut upstream: impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin,
+        mut upstream: upstream::Body,
         status: u16,
     ) {
         let cfg = &self.relay.cfg;
@@ -1873,7 +1926,7 @@ impl StreamPump {
                     break;
                 }
                 Some(Err(e)) => {
-                    error = format!("The upstream stream failed ({}).", error_chain(&e));
+                    error = format!("The upstream stream failed ({e}).");
                     break;
                 }
                 Some(Ok(chunk)) => {

@@ -207,6 +207,31 @@ fn log_insert_sql(rows: usize, backend: Backend) -> &'static str {
     set.get(rows).map(String::as_str).unwrap_or("")
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds one row's values in the column order of [`log_insert_sql`].
+fn bind_log<'q>(q: AnyQuery<'q>, l: &LogRecord) -> AnyQuery<'q> {
+    q.bind(l.request_id.clone())
+        .bind(l.user_id)
+        .bind(l.key_id)
+        .bind(l.channel_id)
+        .bind(l.endpoint.clone())
+        .bind(l.model.clone())
+        .bind(l.upstream_model.clone())
+        .bind(l.prompt_tokens)
+        .bind(l.completion_tokens)
+        .bind(l.cached_tokens)
+        .bind(l.cost)
+        .bind(l.latency_ms)
+        .bind(l.ttft_ms)
+        .bind(i64::from(l.is_stream))
+        .bind(l.status)
+        .bind(i64::from(l.estimated))
+        .bind(l.client_ip.clone())
+        .bind(l.error.clone())
+        .bind(l.created_at)
+}
+
 /// SQLite gets anonymous `?` placeholders: with numbered ones the driver
 /// looks each name up in SQLite's list, which grows costly with hundreds of
 /// parameters. PostgreSQL needs `$N`.
@@ -253,6 +278,10 @@ impl Store {
             let opts = || {
                 AnyPoolOptions::new()
                     .acquire_timeout(Duration::from_secs(30))
+                    // the database is a file in this process: there is no
+                    // connection to lose, and a ping per acquire would be
+                    // one more round trip to SQLite's worker thread
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute(
@@ -1011,6 +1040,9 @@ impl Store {
             h.completion_tokens += l.completion_tokens;
             h.cost += l.cost;
         }
+        if self.backend == Backend::Sqlite {
+            return self.settle_batch_sqlite(logs, &users, &keys, &hourly).await;
+        }
         let mut tx = self.write.begin().await?;
         // Log rows go in multi-row INSERTs of at most LOG_ROWS_PER_INSERT
         // rows: one round trip to the database per group instead of per row.
@@ -1020,26 +1052,7 @@ impl Store {
                 self.backend,
             )));
             for l in group {
-                q = q
-                    .bind(l.request_id.clone())
-                    .bind(l.user_id)
-                    .bind(l.key_id)
-                    .bind(l.channel_id)
-                    .bind(l.endpoint.clone())
-                    .bind(l.model.clone())
-                    .bind(l.upstream_model.clone())
-                    .bind(l.prompt_tokens)
-                    .bind(l.completion_tokens)
-                    .bind(l.cached_tokens)
-                    .bind(l.cost)
-                    .bind(l.latency_ms)
-                    .bind(l.ttft_ms)
-                    .bind(i64::from(l.is_stream))
-                    .bind(l.status)
-                    .bind(i64::from(l.estimated))
-                    .bind(l.client_ip.clone())
-                    .bind(l.error.clone())
-                    .bind(l.created_at);
+                q = bind_log(q, l);
             }
             q.execute(&mut *tx).await?;
         }
@@ -1083,6 +1096,78 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// [`Store::settle_batch`] on SQLite: the whole transaction, from
+    /// `BEGIN IMMEDIATE` to `COMMIT`, is one multi-statement query, so the
+    /// batch costs one round trip to SQLite's worker thread instead of one
+    /// per statement. A failure part-way rolls back before returning.
+    async fn settle_batch_sqlite(
+        &self,
+        logs: &[LogRecord],
+        users: &HashMap<i64, (i64, i64)>,
+        keys: &HashMap<i64, i64>,
+        hourly: &HashMap<(i64, &str, i64), HourlyUsage>,
+    ) -> Result<()> {
+        let mut sql = String::from("BEGIN IMMEDIATE;\n");
+        for group in logs.chunks(LOG_ROWS_PER_INSERT) {
+            sql.push_str(log_insert_sql(group.len(), Backend::Sqlite));
+            sql.push_str(";\n");
+        }
+        for _ in 0..users.len() {
+            sql.push_str(
+                "UPDATE users SET balance = balance - ?, used = used + ?, \
+                 request_count = request_count + ? WHERE id = ?;\n",
+            );
+        }
+        for _ in 0..keys.len() {
+            sql.push_str("UPDATE api_keys SET used = used + ? WHERE id = ?;\n");
+        }
+        for _ in 0..hourly.len() {
+            sql.push_str(
+                "INSERT INTO quota_data (user_id, model, hour, requests, prompt_tokens, \
+                 completion_tokens, cost) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (user_id, model, hour) DO UPDATE SET \
+                 requests = quota_data.requests + excluded.requests, \
+                 prompt_tokens = quota_data.prompt_tokens + excluded.prompt_tokens, \
+                 completion_tokens = quota_data.completion_tokens + excluded.completion_tokens, \
+                 cost = quota_data.cost + excluded.cost;\n",
+            );
+        }
+        sql.push_str("COMMIT;");
+        // The text depends only on the number of rows and entries; the
+        // common shapes (one user, key and model per batch) stay prepared.
+        let common = users.len() <= 2 && keys.len() <= 2 && hourly.len() <= 2;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(common);
+        for l in logs {
+            q = bind_log(q, l);
+        }
+        for (uid, (cost, n)) in users {
+            q = q.bind(*cost).bind(*cost).bind(*n).bind(*uid);
+        }
+        for (kid, cost) in keys {
+            q = q.bind(*cost).bind(*kid);
+        }
+        for h in hourly.values() {
+            q = q
+                .bind(h.user_id)
+                .bind(h.model.clone())
+                .bind(h.hour)
+                .bind(h.requests)
+                .bind(h.prompt_tokens)
+                .bind(h.completion_tokens)
+                .bind(h.cost);
+        }
+        let mut conn = self.write.acquire().await?;
+        match q.execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // whatever ran before the failure is undone; "no
+                // transaction is active" (BEGIN itself failed) is fine
+                let _ = conn.execute("ROLLBACK").await;
+                Err(e.into())
+            }
+        }
     }
 
     /// Request logs, newest first, filtered.

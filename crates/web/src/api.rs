@@ -425,7 +425,9 @@ async fn user_patch(
     }
     if let Some(pw) = &p.password {
         accounts::check_password(pw).map_err(|e| ApiError::bad(e.to_string()))?;
-        let h = accounts::hash_password(pw).map_err(|e| ApiError::bad(e.to_string()))?;
+        let h = accounts::hash_password_off_thread(pw)
+            .await
+            .map_err(|e| ApiError::bad(e.to_string()))?;
         s.store.change_password(id, &h).await?;
     }
     if let Some(l) = &p.limits {

@@ -584,7 +584,9 @@ async fn register(
     }
     let region = register_region(cfg, &headers);
     let language = initial_language(b.language.as_deref(), &region, &headers);
-    let hash = accounts::hash_password(&b.password).map_err(|e| ApiError::bad(e.to_string()))?;
+    let hash = accounts::hash_password_off_thread(&b.password)
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let user = s
         .store
         .create_account(&storage::NewUser {
@@ -692,10 +694,12 @@ async fn check_password_login(
     };
     let Some(user) = s.store.user_by_login(login).await? else {
         // the same work as a real check, so timing does not tell names apart
-        let _ = accounts::verify_password(password, accounts::DUMMY_HASH);
+        let _ = accounts::verify_password_off_thread(password, accounts::DUMMY_HASH).await;
         return Err(bad());
     };
-    if user.password_hash.is_empty() || !accounts::verify_password(password, &user.password_hash) {
+    if user.password_hash.is_empty()
+        || !accounts::verify_password_off_thread(password, &user.password_hash).await
+    {
         return Err(bad());
     }
     if user.status != 1 {
@@ -997,7 +1001,9 @@ async fn reset_password(s: &AppState, token: &str, password: &str) -> Result<Use
                 "This reset link is invalid, used or expired; ask for a new one.",
             )
         })?;
-    let hash = accounts::hash_password(password).map_err(|e| ApiError::bad(e.to_string()))?;
+    let hash = accounts::hash_password_off_thread(password)
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     s.store.change_password(row.user_id, &hash).await?;
     s.store.sign_out_everywhere(row.user_id).await?;
     // the link proved the address
@@ -1072,10 +1078,11 @@ async fn change_password(
     Body(b): Body<ChangePassword>,
 ) -> Result<Response, ApiError> {
     if !u.password_hash.is_empty()
-        && !accounts::verify_password(
+        && !accounts::verify_password_off_thread(
             b.current_password.as_deref().unwrap_or(""),
             &u.password_hash,
         )
+        .await
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -1084,8 +1091,9 @@ async fn change_password(
         ));
     }
     accounts::check_password(&b.new_password).map_err(|e| ApiError::bad(e.to_string()))?;
-    let hash =
-        accounts::hash_password(&b.new_password).map_err(|e| ApiError::bad(e.to_string()))?;
+    let hash = accounts::hash_password_off_thread(&b.new_password)
+        .await
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     s.store.change_password(u.id, &hash).await?;
     s.store.sign_out_everywhere(u.id).await?;
     if let Some(email) = u.email.as_deref().filter(|_| u.email_verified) {
@@ -1327,9 +1335,12 @@ async fn totp_disable(
     if !u.totp_enabled {
         return Ok(Json(json!({"enabled": false})));
     }
-    let password_ok = b.password.as_deref().is_some_and(|p| {
-        !u.password_hash.is_empty() && accounts::verify_password(p, &u.password_hash)
-    });
+    let password_ok = match b.password.as_deref() {
+        Some(p) if !u.password_hash.is_empty() => {
+            accounts::verify_password_off_thread(p, &u.password_hash).await
+        }
+        _ => false,
+    };
     if !password_ok
         && !second_factor_ok(&s, &u, b.code.as_deref(), b.recovery_code.as_deref()).await?
     {

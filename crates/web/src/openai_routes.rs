@@ -96,7 +96,7 @@ pub fn error_response_in(api: Api, e: &RelayError, id: &str) -> Response {
     with_request_id(resp, id)
 }
 
-async fn relay_endpoint(
+pub(crate) async fn relay_endpoint(
     state: AppState,
     endpoint: Endpoint,
     peer: SocketAddr,

@@ -122,6 +122,59 @@ async fn storage_rules_hold_on_every_backend() {
         assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70);
         let check = s.ledger_check().await.unwrap();
         assert!(check.iter().all(|r| r.is_consistent()), "{check:?}");
+        // a batch that fails part-way (a trigger refuses the balance update
+        // that follows the log INSERT) is undone whole, and the next batch
+        // lands on the same connection
+        let (refuse, allow) = if db.url.starts_with("sqlite") {
+            (
+                "CREATE TRIGGER refuse_settle BEFORE UPDATE ON users \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+                "DROP TRIGGER refuse_settle",
+            )
+        } else {
+            (
+                "CREATE FUNCTION refuse_settle() RETURNS trigger AS $$ \
+                 BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER refuse_settle BEFORE UPDATE ON users \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_settle()",
+                "DROP TRIGGER refuse_settle ON users; DROP FUNCTION refuse_settle()",
+            )
+        };
+        let doomed = vec![storage::LogRecord {
+            request_id: "doomed".into(),
+            user_id: u.id,
+            key_id: k.id,
+            model: "m".into(),
+            cost: 3,
+            status: 200,
+            created_at: hour + 20_000,
+            ..Default::default()
+        }];
+        let logs_of = |s: &Store| {
+            let s = s.clone();
+            async move {
+                s.logs(&storage::LogFilter {
+                    user_id: Some(u.id),
+                    limit: Some(1000),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        exec_sql(&db.url, refuse).await;
+        let err = s.settle_batch(&doomed).await.unwrap_err();
+        assert!(err.to_string().contains("refused by the test"), "{err}");
+        assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70);
+        let kept = logs_of(&s).await;
+        assert_eq!(kept.len(), 75);
+        assert!(kept.iter().all(|l| l.request_id != "doomed"));
+        exec_sql(&db.url, allow).await;
+        s.settle_batch(&doomed).await.unwrap();
+        assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70 - 3);
+        assert_eq!(logs_of(&s).await.len(), 76);
+        let check = s.ledger_check().await.unwrap();
+        assert!(check.iter().all(|r| r.is_consistent()), "{check:?}");
         // a direct tamper is detected
         s.adjust_balance(u.id, 1, "topup", None, "").await.unwrap();
         sqlx_tamper(&db.url, u.id).await;
@@ -133,13 +186,20 @@ async fn storage_rules_hold_on_every_backend() {
 }
 
 async fn sqlx_tamper(url: &str, uid: i64) {
+    exec_sql(
+        url,
+        &format!("UPDATE users SET balance = balance + 5 WHERE id = {uid}"),
+    )
+    .await;
+}
+
+/// Runs `sql` on a connection of its own, behind the store's back.
+async fn exec_sql(url: &str, sql: &str) {
     use sqlx::Executor;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!(
-        "UPDATE users SET balance = balance + 5 WHERE id = {uid}"
-    )))
-    .await
-    .unwrap();
+    pool.execute(sqlx::AssertSqlSafe(sql.to_string()))
+        .await
+        .unwrap();
     pool.close().await;
 }
