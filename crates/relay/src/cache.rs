@@ -78,7 +78,9 @@ pub struct ChannelEntry {
     pub keys: Vec<String>,
     /// Every configured key, for probing a channel that has none left.
     pub all_keys: Vec<String>,
-    next_key: AtomicUsize,
+    /// Turns taken so far, kept across snapshots so that reloads do not
+    /// send every request back to the first key.
+    next_key: Arc<AtomicUsize>,
     pub mapping: HashMap<String, String>,
     pub models: Vec<String>,
     pub priority: i64,
@@ -272,12 +274,14 @@ impl Snapshot {
 /// The setting that holds the fallback chains, as JSON `{model: [models]}`.
 pub const FALLBACKS_SETTING: &str = "model_fallbacks";
 
-/// Wallets by id, and channels' failure runs, kept across snapshots.
+/// Wallets by id, and channels' failure runs and key turns, kept across
+/// snapshots.
 #[derive(Default)]
 pub struct Wallets {
     users: Mutex<HashMap<i64, Arc<Wallet>>>,
     keys: Mutex<HashMap<i64, Arc<Wallet>>>,
     channel_failures: Mutex<HashMap<i64, Arc<std::sync::atomic::AtomicU32>>>,
+    channel_turns: Mutex<HashMap<i64, Arc<AtomicUsize>>>,
 }
 
 fn wallet_for(map: &Mutex<HashMap<i64, Arc<Wallet>>>, id: i64, committed: i64) -> Arc<Wallet> {
@@ -308,6 +312,7 @@ fn channel_entry(
     c: &ChannelRow,
     cfg: &crate::RelayConfig,
     failures: Arc<std::sync::atomic::AtomicU32>,
+    next_key: Arc<AtomicUsize>,
 ) -> ChannelEntry {
     let client = if c.proxy_url.is_empty() {
         None
@@ -332,7 +337,7 @@ fn channel_entry(
             .cloned()
             .collect(),
         all_keys: c.api_keys.clone(),
-        next_key: AtomicUsize::new(0),
+        next_key,
         mapping: c
             .model_mapping
             .iter()
@@ -365,7 +370,18 @@ fn channel_entry(
 
 /// A channel entry outside any snapshot (to test a disabled channel).
 pub fn entry_for_test(c: &ChannelRow, cfg: &crate::RelayConfig) -> ChannelEntry {
-    channel_entry(c, cfg, Arc::default())
+    channel_entry(c, cfg, Arc::default(), Arc::default())
+}
+
+/// The key turn counter of a channel, kept across snapshots.
+fn turns_of(wallets: &Wallets, c: &ChannelRow) -> Arc<AtomicUsize> {
+    wallets
+        .channel_turns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(c.id)
+        .or_default()
+        .clone()
 }
 
 /// The failure run of a channel, kept across snapshots; a channel that is
@@ -477,7 +493,12 @@ pub async fn load(
         if c.status == 0 {
             continue;
         }
-        let entry = Arc::new(channel_entry(&c, cfg, failures_of(wallets, &c)));
+        let entry = Arc::new(channel_entry(
+            &c,
+            cfg,
+            failures_of(wallets, &c),
+            turns_of(wallets, &c),
+        ));
         snap.channels.insert(c.id, entry.clone());
         if c.status != 1 || entry.keys.is_empty() {
             for g in &c.groups {
@@ -501,7 +522,12 @@ pub async fn load(
         if !owner_managed || !(c.status == 1 || c.status == 2) {
             continue;
         }
-        let entry = Arc::new(channel_entry(&c, cfg, failures_of(wallets, &c)));
+        let entry = Arc::new(channel_entry(
+            &c,
+            cfg,
+            failures_of(wallets, &c),
+            turns_of(wallets, &c),
+        ));
         snap.channels.insert(c.id, entry.clone());
         if c.status != 1 || entry.keys.is_empty() {
             for m in &c.models {
@@ -587,7 +613,7 @@ mod tests {
             base_url: String::new(),
             keys: vec!["a".into(), "b".into()],
             all_keys: vec!["a".into(), "b".into()],
-            next_key: AtomicUsize::new(0),
+            next_key: Arc::default(),
             mapping: HashMap::new(),
             models: vec![],
             priority,

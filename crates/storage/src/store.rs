@@ -189,6 +189,12 @@ fn log_row(r: &AnyRow) -> Result<LogRecord> {
 /// backends' parameter limits).
 const LOG_ROWS_PER_INSERT: usize = 32;
 
+/// Rows of a batch that SQLite settles in one round trip (see
+/// `Store::settle_batch_sqlite`); 19 × 64 parameters.
+const ONE_TRIP_ROWS: usize = 64;
+/// The VALUES lists the one-round-trip texts are prepared with.
+const ONE_TRIP_SIZES: [usize; 3] = [4, 16, ONE_TRIP_ROWS];
+
 /// `INSERT INTO logs … VALUES (…), (…)` for `rows` rows. At most
 /// LOG_ROWS_PER_INSERT distinct texts exist, so prepared statements are reused.
 fn log_insert_sql(rows: usize, backend: Backend) -> &'static str {
@@ -1040,8 +1046,20 @@ impl Store {
             h.completion_tokens += l.completion_tokens;
             h.cost += l.cost;
         }
-        if self.backend == Backend::Sqlite {
-            return self.settle_batch_sqlite(logs, &users, &keys, &hourly).await;
+        // The common batch on SQLite (one user, at most one key, one model
+        // and hour, at most ONE_TRIP_ROWS rows) goes in one round trip; any
+        // other batch takes the statement-per-step transaction below, whose
+        // round trips are then shared by more rows.
+        if self.backend == Backend::Sqlite
+            && logs.len() <= ONE_TRIP_ROWS
+            && users.len() == 1
+            && keys.len() <= 1
+            && let (Some(user), Some(h)) = (users.iter().next(), hourly.values().next())
+            && hourly.len() == 1
+        {
+            return self
+                .settle_batch_sqlite(logs, user, keys.iter().next(), h)
+                .await;
         }
         let mut tx = self.write.begin().await?;
         // Log rows go in multi-row INSERTs of at most LOG_ROWS_PER_INSERT
@@ -1098,65 +1116,73 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::settle_batch`] on SQLite: the whole transaction, from
-    /// `BEGIN IMMEDIATE` to `COMMIT`, is one multi-statement query, so the
-    /// batch costs one round trip to SQLite's worker thread instead of one
-    /// per statement. A failure part-way rolls back before returning.
+    /// [`Store::settle_batch`] on SQLite for a batch of one user, at most
+    /// one key and one (model, hour): the whole transaction, from `BEGIN
+    /// IMMEDIATE` to `COMMIT`, is one multi-statement query, so the batch
+    /// costs one round trip to SQLite's worker thread instead of one per
+    /// statement. Rows come from a VALUES list of 4, 16 or ONE_TRIP_ROWS
+    /// rows whose unbound rows are NULL and filtered out, so three texts,
+    /// prepared once, serve every batch size. A failure part-way rolls back
+    /// before returning.
     async fn settle_batch_sqlite(
         &self,
         logs: &[LogRecord],
-        users: &HashMap<i64, (i64, i64)>,
-        keys: &HashMap<i64, i64>,
-        hourly: &HashMap<(i64, &str, i64), HourlyUsage>,
+        (uid, (cost, n)): (&i64, &(i64, i64)),
+        key: Option<(&i64, &i64)>,
+        h: &HourlyUsage,
     ) -> Result<()> {
-        let mut sql = String::from("BEGIN IMMEDIATE;\n");
-        for group in logs.chunks(LOG_ROWS_PER_INSERT) {
-            sql.push_str(log_insert_sql(group.len(), Backend::Sqlite));
-            sql.push_str(";\n");
-        }
-        for _ in 0..users.len() {
-            sql.push_str(
-                "UPDATE users SET balance = balance - ?, used = used + ?, \
-                 request_count = request_count + ? WHERE id = ?;\n",
-            );
-        }
-        for _ in 0..keys.len() {
-            sql.push_str("UPDATE api_keys SET used = used + ? WHERE id = ?;\n");
-        }
-        for _ in 0..hourly.len() {
-            sql.push_str(
-                "INSERT INTO quota_data (user_id, model, hour, requests, prompt_tokens, \
+        static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+        let texts = SQL.get_or_init(|| {
+            ONE_TRIP_SIZES
+                .iter()
+                .map(|&rows| (rows, one_trip_sql(rows)))
+                .collect()
+        });
+        // the smallest text that takes the batch: fewer NULL rows to skip
+        let Some((_, sql)) = texts.iter().find(|(rows, _)| *rows >= logs.len()) else {
+            return Err(StorageError::Db(sqlx::Error::Protocol(format!(
+                "a one-round-trip batch holds at most {ONE_TRIP_ROWS} rows"
+            ))));
+        };
+        fn one_trip_sql(rows: usize) -> String {
+            let values = build_log_insert_sql(rows, Backend::Sqlite);
+            let (columns, values) = values.split_once(" VALUES ").unwrap_or_default();
+            // the row values come last, so the ones left unbound are NULL
+            format!(
+                "BEGIN IMMEDIATE;\n\
+                 UPDATE users SET balance = balance - ?, used = used + ?, \
+                 request_count = request_count + ? WHERE id = ?;\n\
+                 UPDATE api_keys SET used = used + ? WHERE id = ?;\n\
+                 INSERT INTO quota_data (user_id, model, hour, requests, prompt_tokens, \
                  completion_tokens, cost) VALUES (?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (user_id, model, hour) DO UPDATE SET \
                  requests = quota_data.requests + excluded.requests, \
                  prompt_tokens = quota_data.prompt_tokens + excluded.prompt_tokens, \
                  completion_tokens = quota_data.completion_tokens + excluded.completion_tokens, \
-                 cost = quota_data.cost + excluded.cost;\n",
-            );
+                 cost = quota_data.cost + excluded.cost;\n\
+                 {columns} SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL;\n\
+                 COMMIT;"
+            )
         }
-        sql.push_str("COMMIT;");
-        // The text depends only on the number of rows and entries; the
-        // common shapes (one user, key and model per batch) stay prepared.
-        let common = users.len() <= 2 && keys.len() <= 2 && hourly.len() <= 2;
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(common);
+        // no key entry (nothing was charged to one): the key UPDATE matches
+        // no row
+        let (kid, kcost) = key.map_or((0, 0), |(k, c)| (*k, *c));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(*cost)
+            .bind(*cost)
+            .bind(*n)
+            .bind(*uid)
+            .bind(kcost)
+            .bind(kid)
+            .bind(h.user_id)
+            .bind(h.model.clone())
+            .bind(h.hour)
+            .bind(h.requests)
+            .bind(h.prompt_tokens)
+            .bind(h.completion_tokens)
+            .bind(h.cost);
         for l in logs {
             q = bind_log(q, l);
-        }
-        for (uid, (cost, n)) in users {
-            q = q.bind(*cost).bind(*cost).bind(*n).bind(*uid);
-        }
-        for (kid, cost) in keys {
-            q = q.bind(*cost).bind(*kid);
-        }
-        for h in hourly.values() {
-            q = q
-                .bind(h.user_id)
-                .bind(h.model.clone())
-                .bind(h.hour)
-                .bind(h.requests)
-                .bind(h.prompt_tokens)
-                .bind(h.completion_tokens)
-                .bind(h.cost);
         }
         let mut conn = self.write.acquire().await?;
         match q.execute(&mut *conn).await {

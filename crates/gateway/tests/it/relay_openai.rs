@@ -238,6 +238,58 @@ async fn model_mapping_and_ids_with_slashes() {
     t.finish().await;
 }
 
+/// A channel on the mock with the keys `sk-one` and `sk-two`.
+async fn two_key_channel(t: &TestApp, name: &str) {
+    t.admin(
+        "POST",
+        "/api/channels",
+        Some(json!({"name": name, "base_url": t.mock.base_url(), "api_keys": ["sk-one", "sk-two"], "models": ["gpt-4o-mini"]})),
+    )
+    .await;
+}
+
+/// The `Authorization` header of the mock's last request.
+fn last_authorization(t: &TestApp) -> String {
+    t.mock
+        .last_request()
+        .unwrap()
+        .header("authorization")
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn channel_keys_keep_their_turns_across_reloads() {
+    let t = TestApp::spawn(test_support::Backend::Sqlite).await;
+    two_key_channel(&t, "two-keys").await;
+    let (_, key) = t.user_with_key("turns", "1").await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let mut used = Vec::new();
+    for i in 0..4 {
+        let r = t.chat(&key, &body).await;
+        assert_eq!(r.status(), 200);
+        used.push(last_authorization(&t));
+        // each change rebuilds the routing snapshot between two requests
+        t.add_channel(
+            &format!("other{i}"),
+            "http://127.0.0.1:9/v1",
+            "sk-x",
+            &["other"],
+            0,
+        )
+        .await;
+    }
+    assert_eq!(
+        used,
+        [
+            "Bearer sk-one",
+            "Bearer sk-two",
+            "Bearer sk-one",
+            "Bearer sk-two"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn failover_to_the_next_channel_before_any_byte() {
     let t = TestApp::spawn(test_support::Backend::Sqlite).await;
@@ -329,12 +381,7 @@ async fn rate_limits_timeouts_and_key_rotation() {
     t.add_channel("broke", &broke.base_url(), "sk-b", &["gpt-4o-mini"], 10)
         .await;
     // the working channel has two keys, used in turn
-    t.admin(
-        "POST",
-        "/api/channels",
-        Some(json!({"name": "good", "base_url": t.mock.base_url(), "api_keys": ["sk-one", "sk-two"], "models": ["gpt-4o-mini"]})),
-    )
-    .await;
+    two_key_channel(&t, "good").await;
     let (_, key) = t.user_with_key("rita", "1").await;
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
     let mut used_keys = Vec::new();
@@ -345,14 +392,7 @@ async fn rate_limits_timeouts_and_key_rotation() {
             200,
             "an upstream 429 (rate limit or no credit) fails over"
         );
-        used_keys.push(
-            t.mock
-                .last_request()
-                .unwrap()
-                .header("authorization")
-                .unwrap()
-                .to_string(),
-        );
+        used_keys.push(last_authorization(&t));
     }
     used_keys.sort();
     assert_eq!(used_keys, vec!["Bearer sk-one", "Bearer sk-two"]);

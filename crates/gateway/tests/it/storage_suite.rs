@@ -163,16 +163,40 @@ async fn storage_rules_hold_on_every_backend() {
             }
         };
         exec_sql(&db.url, refuse).await;
-        let err = s.settle_batch(&doomed).await.unwrap_err();
-        assert!(err.to_string().contains("refused by the test"), "{err}");
-        assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70);
-        let kept = logs_of(&s).await;
-        assert_eq!(kept.len(), 75);
-        assert!(kept.iter().all(|l| l.request_id != "doomed"));
+        // (one row: the one-statement path on SQLite; forty: the
+        // statement-per-step transaction)
+        let many_doomed: Vec<storage::LogRecord> = (0..40)
+            .map(|i| storage::LogRecord {
+                request_id: format!("doomed{i}"),
+                ..doomed[0].clone()
+            })
+            .collect();
+        for batch in [&doomed, &many_doomed] {
+            let err = s.settle_batch(batch).await.unwrap_err();
+            assert!(err.to_string().contains("refused by the test"), "{err}");
+            assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70);
+            let kept = logs_of(&s).await;
+            assert_eq!(kept.len(), 75);
+            assert!(kept.iter().all(|l| !l.request_id.starts_with("doomed")));
+        }
         exec_sql(&db.url, allow).await;
         s.settle_batch(&doomed).await.unwrap();
         assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70 - 3);
         assert_eq!(logs_of(&s).await.len(), 76);
+        // rows that cost nothing change no key, and still count as requests
+        let free = vec![storage::LogRecord {
+            request_id: "free".into(),
+            cost: 0,
+            ..doomed[0].clone()
+        }];
+        let (key_used, requests) = (
+            s.api_key(k.id).await.unwrap().used,
+            s.user(u.id).await.unwrap().request_count,
+        );
+        s.settle_batch(&free).await.unwrap();
+        assert_eq!(s.api_key(k.id).await.unwrap().used, key_used);
+        assert_eq!(s.user(u.id).await.unwrap().request_count, requests + 1);
+        assert_eq!(s.user(u.id).await.unwrap().balance, 300 - 35 - 70 - 3);
         let check = s.ledger_check().await.unwrap();
         assert!(check.iter().all(|r| r.is_consistent()), "{check:?}");
         // a direct tamper is detected
