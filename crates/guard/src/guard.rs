@@ -760,6 +760,49 @@ impl Guard {
     pub async fn record_usage(&self, key_id: i64, user_id: i64, limits: &Limits, usage: Usage) {
         let i = &self.inner;
         let now = i.now();
+        let Some(req) = self.record_request(key_id, user_id, limits, usage, now) else {
+            return;
+        };
+        if let Err(e) = i.call(i.store.record(&req, now)).await {
+            i.log_error(&e, "record_usage", false);
+        }
+    }
+
+    /// Ends a request: frees its permit's concurrency slot and records what
+    /// it used ([`Guard::record_usage`]), in one store call when both apply
+    /// (one Redis script instead of two). Errors are counted and logged.
+    pub async fn finish(
+        &self,
+        permit: Permit,
+        key_id: i64,
+        user_id: i64,
+        limits: &Limits,
+        usage: Usage,
+    ) {
+        let i = &self.inner;
+        let now = i.now();
+        let req = self.record_request(key_id, user_id, limits, usage, now);
+        let r = match (permit.into_lease(), &req) {
+            (Some(lease), Some(req)) => i.call(i.store.finish(&lease, req, now)).await,
+            (Some(lease), None) => i.call(i.store.release(&lease)).await,
+            (None, Some(req)) => i.call(i.store.record(req, now)).await,
+            (None, None) => return,
+        };
+        if let Err(e) = r {
+            i.log_error(&e, "finish", false);
+        }
+    }
+
+    /// What [`Guard::record_usage`] writes; `None` when nothing applies.
+    fn record_request(
+        &self,
+        key_id: i64,
+        user_id: i64,
+        limits: &Limits,
+        usage: Usage,
+        now: u64,
+    ) -> Option<RecordRequest> {
+        let i = &self.inner;
         let mut rates = Vec::new();
         if usage.tokens > 0 {
             if let Some(tpm) = limit_of(limits.key.tpm) {
@@ -780,12 +823,9 @@ impl Guard {
             _ => None,
         };
         if rates.is_empty() && spend.is_none() {
-            return;
+            return None;
         }
-        let req = RecordRequest { rates, spend };
-        if let Err(e) = i.call(i.store.record(&req, now)).await {
-            i.log_error(&e, "record_usage", false);
-        }
+        Some(RecordRequest { rates, spend })
     }
 
     /// [`Guard::record_usage`] with tokens only.
@@ -929,6 +969,16 @@ impl Permit {
                 renew,
             }),
         }
+    }
+
+    /// The lease, no longer renewed nor released on drop: the caller gives
+    /// it back ([`Guard::finish`]).
+    fn into_lease(mut self) -> Option<Arc<Lease>> {
+        let h = self.held.take()?;
+        if let Some(r) = h.renew {
+            r.abort();
+        }
+        Some(h.lease)
     }
 
     /// Whether this permit holds a concurrency slot.

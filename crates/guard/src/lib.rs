@@ -34,7 +34,7 @@
 //! | rest of `/api/*` | [`Guard::note_api_request`]`(ip, session_user_id)` | `Banned` (anonymous) or `Limited` (user allowance) → 429 |
 //! | relay: API key not found | [`Guard::note_unknown_key`] | `Banned` → refuse |
 //! | relay: key found, before the upstream call | [`Guard::acquire`]`(key_id, user_id, &limits)` → [`Permit`] | [`Deny`] → 429 + `retry-after: deny.retry_after_secs` |
-//! | relay: after the answer / stream end | [`Guard::record_usage`] (tokens, cost); drop the `Permit` | — |
+//! | relay: after the answer / stream end | [`Guard::finish`]`(permit, …, usage)` (frees the slot, records tokens and cost); a request that ends without an answer just drops the `Permit` | — |
 //! | relay: result | [`Guard::note_relay_result`]`(ip, RelayStatus::…)` | `Banned` → (the next request is refused) |
 //! | admin | [`Guard::bans`], [`Guard::unban`] | — |
 //! | `/metrics` | [`Guard::metrics`] | — |
@@ -90,8 +90,8 @@
 //! * [`Guard::check_ip`] is a hash lookup in the local cache; a miss (at most one per IP per
 //!   `ban_cache_ttl_secs`) is one `HMGET`. Allowlisted IPs: a scan of the allowlist only.
 //! * [`Guard::acquire`] is one script call when any limit applies, none otherwise;
-//!   [`Guard::record_usage`] one when TPM or a budget applies; dropping a [`Permit`] with a slot
-//!   spawns one release call.
+//!   [`Guard::finish`] one when a slot, TPM or a budget applies (release and record together);
+//!   dropping a [`Permit`] with a slot instead spawns one release call.
 //! * Each `note_*` that counts is one script call.
 //!
 //! ## Redis: atomicity, outages, multi-node

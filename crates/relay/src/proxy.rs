@@ -223,9 +223,10 @@ struct Meter {
     calls: u64,
     /// The tokens of a pass-through answer were counted here.
     estimated: bool,
-    /// The request's slot under the key's and user's limits, released with
-    /// the meter (when the answer or stream ends).
-    _permit: Option<guard::Permit>,
+    /// The request's slot under the key's and user's limits: given back
+    /// with the usage record when the request is settled, or by its drop
+    /// (a request that failed before any answer).
+    permit: Option<guard::Permit>,
 }
 
 /// The guard's view of a key's and its user's limits, `None` when neither
@@ -791,7 +792,7 @@ impl Relay {
             n,
             calls: 0,
             estimated: false,
-            _permit: permit,
+            permit,
         };
         let mut last: Option<RelayError> = None;
         let mut last_channel = 0;
@@ -1597,7 +1598,14 @@ impl Relay {
                 tokens: usage.prompt + usage.completion,
                 spend: cost.max(0) as u64,
             };
-            tokio::spawn(async move { g.record_usage(key_id, user_id, &limits, used).await });
+            // the slot and the usage record go back in one store call
+            let permit = meter.permit;
+            tokio::spawn(async move {
+                match permit {
+                    Some(p) => g.finish(p, key_id, user_id, &limits, used).await,
+                    None => g.record_usage(key_id, user_id, &limits, used).await,
+                }
+            });
         }
         let user = meter.hold.user_wallet().clone();
         let key = meter.hold.key_wallet().cloned();
@@ -1662,7 +1670,7 @@ fn take_meter(m: &mut Meter) -> Meter {
         n: m.n,
         calls: 0,
         estimated: false,
-        _permit: None,
+        permit: None,
     };
     std::mem::replace(m, placeholder)
 }

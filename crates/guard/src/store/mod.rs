@@ -236,6 +236,20 @@ pub trait GuardStore: Send + Sync + 'static {
     fn release<'a>(&'a self, lease: &'a Lease) -> StoreFuture<'a, ()>;
     /// Records what a request used.
     fn record<'a>(&'a self, req: &'a RecordRequest, now_ms: u64) -> StoreFuture<'a, ()>;
+    /// Ends a request: gives its lease back and records what it used. One
+    /// call where the store can (Redis: one script); this default does the
+    /// two steps in turn.
+    fn finish<'a>(
+        &'a self,
+        lease: &'a Lease,
+        req: &'a RecordRequest,
+        now_ms: u64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.release(lease).await?;
+            self.record(req, now_ms).await
+        })
+    }
     /// Reads a spend counter (0 when absent).
     fn read_counter<'a>(&'a self, key: &'a str, now_ms: u64) -> StoreFuture<'a, u64>;
 }

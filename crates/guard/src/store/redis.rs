@@ -189,10 +189,14 @@ for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 0
 "#;
 
-/// KEYS: rate keys…, [spend key]. ARGV: now, n_rates, has_spend, add_ms…, [amount, ttl_ms].
-const RECORD_LUA: &str = r#"
+/// The body of RECORD_LUA, shared with FINISH_LUA (sets `nr` and `ns`:
+/// how many KEYS it used for rates and for the spend counter).
+macro_rules! record_lua_body {
+    () => {
+        r#"
 local now = tonumber(ARGV[1])
 local nr = tonumber(ARGV[2])
+local ns = 0
 for i = 1, nr do
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
@@ -200,12 +204,55 @@ for i = 1, nr do
   redis.call('SET', KEYS[i], string.format('%d', nt), 'PX', string.format('%d', nt - now + 1000))
 end
 if ARGV[3] == '1' then
+  ns = 1
   local k = KEYS[nr + 1]
   redis.call('INCRBY', k, ARGV[4 + nr])
   redis.call('PEXPIRE', k, ARGV[5 + nr])
 end
+"#
+    };
+}
+
+/// KEYS: rate keys…, [spend key]. ARGV: now, n_rates, has_spend, add_ms…, [amount, ttl_ms].
+const RECORD_LUA: &str = concat!(record_lua_body!(), "return 0\n");
+
+/// RECORD_LUA, then RELEASE_LUA for the keys after the record's.
+/// KEYS: rate keys…, [spend key], slot keys…. ARGV: RECORD_LUA's…, lease_id.
+const FINISH_LUA: &str = concat!(
+    record_lua_body!(),
+    r#"
+local lease = ARGV[#ARGV]
+for i = nr + ns + 1, #KEYS do redis.call('ZREM', KEYS[i], lease) end
 return 0
-"#;
+"#
+);
+
+/// KEYS and ARGV of RECORD_LUA, with `more_keys` after the record's keys.
+fn record_invocation(
+    inv: &mut redis::ScriptInvocation<'_>,
+    req: &RecordRequest,
+    now_ms: u64,
+    more_keys: &[String],
+) {
+    for (k, _) in &req.rates {
+        inv.key(k);
+    }
+    if let Some(s) = &req.spend {
+        inv.key(&s.key);
+    }
+    for k in more_keys {
+        inv.key(k);
+    }
+    inv.arg(now_ms)
+        .arg(req.rates.len())
+        .arg(u8::from(req.spend.is_some()));
+    for (_, add) in &req.rates {
+        inv.arg(*add);
+    }
+    if let Some(s) = &req.spend {
+        inv.arg(s.amount).arg(s.ttl_ms.max(1));
+    }
+}
 
 struct Scripts {
     hit: Script,
@@ -215,6 +262,7 @@ struct Scripts {
     renew: Script,
     release: Script,
     record: Script,
+    finish: Script,
 }
 
 impl Scripts {
@@ -227,6 +275,7 @@ impl Scripts {
             renew: Script::new(RENEW_LUA),
             release: Script::new(RELEASE_LUA),
             record: Script::new(RECORD_LUA),
+            finish: Script::new(FINISH_LUA),
         }
     }
 }
@@ -680,21 +729,22 @@ impl GuardStore for RedisStore {
     fn record<'a>(&'a self, req: &'a RecordRequest, now_ms: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut inv = self.link.scripts.record.prepare_invoke();
-            for (k, _) in &req.rates {
-                inv.key(k);
-            }
-            if let Some(s) = &req.spend {
-                inv.key(&s.key);
-            }
-            inv.arg(now_ms)
-                .arg(req.rates.len())
-                .arg(u8::from(req.spend.is_some()));
-            for (_, add) in &req.rates {
-                inv.arg(*add);
-            }
-            if let Some(s) = &req.spend {
-                inv.arg(s.amount).arg(s.ttl_ms.max(1));
-            }
+            record_invocation(&mut inv, req, now_ms, &[]);
+            let _: i64 = self.exec(Call::Script(inv)).await?;
+            Ok(())
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        lease: &'a Lease,
+        req: &'a RecordRequest,
+        now_ms: u64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut inv = self.link.scripts.finish.prepare_invoke();
+            record_invocation(&mut inv, req, now_ms, &lease.keys);
+            inv.arg(&lease.id);
             let _: i64 = self.exec(Call::Script(inv)).await?;
             Ok(())
         })

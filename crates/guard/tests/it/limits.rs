@@ -143,6 +143,41 @@ async fn concurrency_denies_and_releases(b: Backend) {
 }
 both!(concurrency, concurrency_denies_and_releases);
 
+async fn finish_releases_the_slot_and_records_usage(b: Backend) {
+    let Some(env) = Env::new(b, "finish", |_| {}).await else {
+        return;
+    };
+    let g = &env.guard;
+    // one request at a time, 6000 tokens per minute
+    let l = key_limits(None, Some(6000), Some(1));
+    let slot_only = key_limits(None, None, Some(1));
+    let tpm_only = key_limits(None, Some(6000), None);
+    let p = g.acquire(1, 100, &l).await.unwrap();
+    assert!(p.holds_slot());
+    let d = g.acquire(1, 100, &slot_only).await.unwrap_err();
+    assert_eq!(d.reason, DenyReason::KeyConcurrency);
+    let used = Usage {
+        tokens: 6150,
+        spend: 0,
+    };
+    g.finish(p, 1, 100, &l, used).await;
+    // both at once, when the call returns: the slot is free …
+    g.acquire(1, 100, &slot_only).await.unwrap().abandon();
+    // … and the tokens count (61.5 s of allowance: refused for another 1.5 s)
+    let d = g.acquire(1, 100, &tpm_only).await.unwrap_err();
+    assert_eq!(d.reason, DenyReason::KeyTpm);
+    // a request that used nothing still gives its slot back
+    let l2 = key_limits(None, None, Some(1));
+    let p = g.acquire(2, 100, &l2).await.unwrap();
+    g.finish(p, 2, 100, &l2, Usage::default()).await;
+    let p = g.acquire(2, 100, &l2).await.unwrap();
+    // and one without a slot still records
+    g.finish(p, 2, 100, &tpm_only, used).await;
+    let d = g.acquire(2, 100, &tpm_only).await.unwrap_err();
+    assert_eq!(d.reason, DenyReason::KeyTpm);
+}
+both!(finish, finish_releases_the_slot_and_records_usage);
+
 async fn concurrency_leases_expire(b: Backend) {
     let Some(env) = Env::new(b, "lease_expiry", |c| c.lease_ttl_secs = 2).await else {
         return;
