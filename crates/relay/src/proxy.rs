@@ -340,11 +340,12 @@ fn upstream_request(
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = target_url.uri;
     let h = req.headers_mut();
-    h.insert(HOST, target_url.host);
     h.insert(CONTENT_TYPE, content_type);
     for (k, v) in &ch.headers {
         h.append(k.clone(), v.clone());
     }
+    // a channel may name its own Host (a provider behind a gateway)
+    h.entry(HOST).or_insert(target_url.host);
     match target {
         Api::OpenAi | Api::Responses if ch.kind == "azure" => {
             h.insert(HeaderName::from_static("api-key"), secret(key)?);

@@ -177,7 +177,8 @@ async fn azure_channels_use_deployment_urls_and_api_key() {
         Some(
             json!({"name": "azure", "kind": "azure", "base_url": base, "api_keys": ["az-key"],
                     "models": ["gpt-4o-mini"], "model_mapping": {"gpt-4o-mini": "my-deployment"},
-                    "api_version": "2024-10-21", "headers": {"x-extra": "1"}}),
+                    "api_version": "2024-10-21",
+                    "headers": {"x-extra": "1", "host": "my-resource.openai.azure.com"}}),
         ),
     )
     .await;
@@ -191,6 +192,14 @@ async fn azure_channels_use_deployment_urls_and_api_key() {
     assert_eq!(req.query.as_deref(), Some("api-version=2024-10-21"));
     assert_eq!(req.header("api-key"), Some("az-key"));
     assert_eq!(req.header("x-extra"), Some("1"));
+    // the channel's own Host replaces the one from the URL; it is sent once
+    let hosts: Vec<&str> = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(hosts, ["my-resource.openai.azure.com"]);
     assert!(req.header("authorization").is_none());
     t.finish().await;
 }
